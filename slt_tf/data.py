@@ -1,0 +1,251 @@
+"""Image input pipelines over TFDS: real images in [-1, 1] for statistics, training and evaluation.
+
+Every dataset goes through TFDS. `digits` (scikit-learn's 8x8 handwritten digits, see
+`slt_tf.datasets.digits`) is prepared on the fly with no network; every other dataset must already
+be prepared in `data_dir` (this machine is offline), e.g. `tfds build cifar10 --data_dir=DIR`.
+
+Splits (method.md, "Evaluation protocol"): the held-out split is the dataset's `test` split where it
+has one (digits, CIFAR-10/100, CelebA's test partition, MNIST-like sets, SVHN, STL-10); otherwise the
+first 10,000 examples of `train` are held out and training uses `train[10000:]` (LSUN: its
+`validation` split has only 300 images per category, too few for FID on 10k images). The held-out
+split is for evaluation only: never compute training statistics on it.
+
+Preprocessing: CelebA (218x178 aligned faces) is centre-cropped to 140x140 before resizing, the
+crop used by the GFMN and SNGAN CelebA set-ups; any other non-square image is centre-cropped to a
+square of its shorter side. Images are then resized with antialiasing (bilinear filter, area-like
+when shrinking) to `image_size` and mapped from 0..255 to [-1, 1]. Grey images keep 1 channel;
+an alpha channel is dropped.
+"""
+
+import difflib
+import functools
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from slt_tf.datasets import digits  # Registers the `digits` TFDS builder.
+from slt_tf.errors import SltError
+
+DIGITS = 'digits'
+# Examples held out from `train` (and skipped by training) for datasets without a `test` split.
+HELD_OUT_EXAMPLES = 10_000
+# CelebA centre crop (pixels, square) applied to the 218x178 aligned images before resizing.
+CELEB_A_CROP = 140
+_MAX_SHUFFLE_BUFFER = 10_000
+
+# Datasets whose `test` split is the held-out evaluation split.
+_DATASETS_WITH_TEST_SPLIT = frozenset({
+    DIGITS, 'cifar10', 'cifar100', 'celeb_a', 'mnist', 'fashion_mnist', 'kmnist', 'emnist',
+    'svhn_cropped', 'stl10',
+})
+# Channels for names whose TFDS features do not say it (used only when the info has no shape).
+_GREY_DATASETS = frozenset({DIGITS, 'mnist', 'fashion_mnist', 'kmnist', 'emnist',
+                            'binarized_mnist'})
+_EXAMPLE_NAMES = (DIGITS, 'cifar10', 'celeb_a', 'lsun/bedroom', 'mnist')
+
+
+@functools.cache
+def _known_base_names() -> frozenset[str]:
+  # Community datasets are left out: listing them needs the network.
+  return frozenset(tfds.list_builders(with_community_datasets=False)) | {DIGITS}
+
+
+def _base_and_config(name: str) -> tuple[str, str | None]:
+  """Splits 'lsun/bedroom:3.1.0' into ('lsun', 'bedroom'); the version is TFDS's business."""
+  without_version = name.split(':', 1)[0]
+  base, _, config = without_version.partition('/')
+  return base, (config or None)
+
+
+def validate_dataset_name(name: str) -> None:
+  """Raises SltError (one line, with valid examples) unless `name` is `digits` or a TFDS name.
+
+  Accepted forms: 'cifar10', 'celeb_a', 'lsun/bedroom' (builder config), 'cifar10:3.0.2'.
+  """
+  if not isinstance(name, str) or not name:
+    raise SltError(f'Dataset name must be a non-empty string, got {name!r}; for example '
+                   f'{", ".join(_EXAMPLE_NAMES)}.')
+  base, config = _base_and_config(name)
+  known = _known_base_names()
+  if base not in known:
+    close = difflib.get_close_matches(base, sorted(known), n=3)
+    hint = f' (did you mean {", ".join(close)}?)' if close else ''
+    raise SltError(f'Unknown dataset {name!r}{hint}: use {DIGITS!r} (offline, built in) or a TFDS '
+                   f'name such as {", ".join(repr(n) for n in _EXAMPLE_NAMES[1:])} '
+                   '(see tfds.list_builders()).')
+  if config is not None:
+    configs = tfds.builder_cls(base).builder_configs if base != DIGITS else {}
+    if config not in configs:
+      allowed = ', '.join(sorted(configs)) if configs else f'none, use {base!r}'
+      raise SltError(f'Unknown config {config!r} of dataset {base!r}; its configs: {allowed}.')
+
+
+def _image_feature(features: tfds.features.FeaturesDict, name: str) -> tfds.features.Image:
+  if 'image' not in features:
+    raise SltError(f'Dataset {name!r} has no "image" feature (it has {", ".join(features)}); '
+                   'slt_tf needs an image dataset.')
+  return features['image']
+
+
+def _channels(image_feature: tfds.features.Image, name: str) -> int:
+  """Channels of the images `load_images` yields: 1 for grey, 3 otherwise (alpha dropped)."""
+  stored = image_feature.shape[-1]
+  if stored is None:
+    return 1 if _base_and_config(name)[0] in _GREY_DATASETS else 3
+  return 1 if stored == 1 else 3
+
+
+def num_channels(name: str) -> int:
+  """Returns the number of channels of `name`'s images as `load_images` yields them (1 or 3).
+
+  Read from the builder's feature spec, which needs no download.
+  """
+  validate_dataset_name(name)
+  builder = tfds.builder(name)
+  return _channels(_image_feature(builder.info.features, name), name)
+
+
+def held_out_split(name: str) -> str:
+  """Returns the evaluation split: 'test' where the dataset has one, else 'train[:10000]'."""
+  validate_dataset_name(name)
+  if _base_and_config(name)[0] in _DATASETS_WITH_TEST_SPLIT:
+    return 'test'
+  return f'train[:{HELD_OUT_EXAMPLES}]'
+
+
+def training_split(name: str) -> str:
+  """Returns the split used for training statistics: disjoint from `held_out_split(name)`."""
+  validate_dataset_name(name)
+  if _base_and_config(name)[0] in _DATASETS_WITH_TEST_SPLIT:
+    return 'train'
+  return f'train[{HELD_OUT_EXAMPLES}:]'
+
+
+def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """Returns the builder of `name`, preparing `digits` offline; SltError if another is missing."""
+  builder = tfds.builder(name, data_dir=data_dir)
+  if _base_and_config(name)[0] == DIGITS:
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+    return builder
+  if not builder.is_prepared():
+    where = data_dir if data_dir is not None else 'the default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)'
+    flag = f' --data_dir={data_dir}' if data_dir is not None else ''
+    raise SltError(f'Dataset {name!r} is not prepared in {where} and this machine is offline: '
+                   f'run `tfds build {name}{flag}` on a machine with internet access and copy '
+                   'the data_dir here.')
+  return builder
+
+
+def _split_size(builder: tfds.core.DatasetBuilder, name: str, split: str) -> int:
+  """Returns the number of examples of `split`; SltError naming the splits if it is unknown."""
+  available = list(builder.info.splits.keys())
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as error:
+    raise SltError(f'Unknown split {split!r} for dataset {name!r}: available splits are '
+                   f'{", ".join(available) or "none"} (slices such as "train[:1000]" or '
+                   '"train[10%:]" also work).') from error
+
+
+def _check_positive(value: int, what: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise SltError(f'{what} must be a positive integer, got {value!r}.')
+
+
+def _check_shard(shard: tuple[int, int] | None) -> None:
+  if shard is None:
+    return
+  if (not isinstance(shard, (tuple, list)) or len(shard) != 2 or
+      not all(isinstance(v, int) and not isinstance(v, bool) for v in shard) or
+      shard[1] < 1 or not 0 <= shard[0] < shard[1]):
+    raise SltError(f'shard must be (index, count) with 0 <= index < count, got {shard!r}.')
+
+
+def _central_crop(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+  """Crops a [H, W, C] image to its centre [size, size, C] (size <= H, W)."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  return tf.image.crop_to_bounding_box(image, (height - size) // 2, (width - size) // 2,
+                                       size, size)
+
+
+def _preprocess(image: tf.Tensor, *, image_size: int, channels: int,
+                crop: int | None) -> tf.Tensor:
+  """uint8 [H, W, C] -> float32 [image_size, image_size, channels] in [-1, 1]."""
+  image = image[..., :channels]  # Drops an alpha channel.
+  if crop is None:
+    crop = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])
+  image = _central_crop(image, crop)
+  image = tf.cast(image, tf.float32)
+  # Identity when the size already matches; antialiasing averages like 'area' when shrinking.
+  image = tf.image.resize(image, [image_size, image_size], method='bilinear', antialias=True)
+  image = tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+  return tf.ensure_shape(image, [image_size, image_size, channels])
+
+
+def load_images(name: str, split: str, *, image_size: int, batch_size: int,
+                data_dir: str | None = None, with_labels: bool = False, shuffle: bool = False,
+                seed: int = 0, repeat: bool = False, drop_remainder: bool = False,
+                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+  """Returns batches of real images of `name`/`split` in [-1, 1].
+
+  Args:
+    name: 'digits' or a TFDS name (see `validate_dataset_name`).
+    split: a split of the dataset or a TFDS slice of one ('train', 'test', 'train[:10000]').
+    image_size: output height and width.
+    batch_size: examples per batch.
+    data_dir: TFDS data directory; `digits` is prepared there when missing, other datasets
+      must already be prepared there.
+    with_labels: also yield the int64 `label` feature.
+    shuffle: shuffle the files and the examples (seeded by `seed`, reshuffled each epoch).
+    seed: shuffling seed; the same seed gives the same order.
+    repeat: repeat forever.
+    drop_remainder: drop the last batch when it is smaller than `batch_size`.
+    shard: (index, count): keep every count-th example starting at index, e.g. one part per
+      worker; the parts of a split are disjoint and cover it.
+
+  Returns:
+    A dataset of float32 images [B, image_size, image_size, C] (C from `num_channels(name)`),
+    or of (images, int64 labels [B]) when `with_labels`. Deterministic when `shuffle` is False.
+
+  Raises:
+    SltError: unknown dataset or split, bad argument, or a dataset that is not prepared.
+  """
+  validate_dataset_name(name)
+  _check_positive(image_size, 'image_size')
+  _check_positive(batch_size, 'batch_size')
+  _check_shard(shard)
+  builder = _prepared_builder(name, data_dir)
+  num_examples = _split_size(builder, name, split)
+  features = builder.info.features
+  image_feature = _image_feature(features, name)
+  if with_labels and 'label' not in features:
+    raise SltError(f'Dataset {name!r} has no "label" feature (it has {", ".join(features)}); '
+                   'use with_labels=False.')
+  channels = _channels(image_feature, name)
+  crop = CELEB_A_CROP if _base_and_config(name)[0] == 'celeb_a' else None
+
+  # Images stay encoded until after sharding and shuffling, so both are cheap.
+  dataset = builder.as_dataset(
+      split=split, shuffle_files=shuffle,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=True))
+  if shard is not None:
+    index, count = shard
+    dataset = dataset.shard(count, index)
+  if shuffle:
+    buffer_size = min(num_examples, _MAX_SHUFFLE_BUFFER) if num_examples else _MAX_SHUFFLE_BUFFER
+    dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    dataset = dataset.repeat()
+
+  def prepare(example):
+    image = _preprocess(image_feature.decode_example(example['image']),
+                        image_size=image_size, channels=channels, crop=crop)
+    if with_labels:
+      return image, tf.cast(example['label'], tf.int64)
+    return image
+
+  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  return dataset.prefetch(tf.data.AUTOTUNE)
