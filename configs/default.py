@@ -1,0 +1,54 @@
+"""Every config key slt_tf knows, with its default. Other configs start from this one.
+
+Keys that a config file or `--config.<key>=...` sets but this file does not define are
+rejected: a typo never silently falls back to a default.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0                    # frozen weights, scores, latents: all derive from it
+  config.num_steps = 2000
+  config.batch_size = 64             # GLOBAL batch (split over replicas)
+  config.method = "edge_popup"       # edge_popup | global_edge_popup | dense
+  config.keep_fraction = 0.1         # fraction of weights KEPT (0.1 keeps 10%)
+  config.learning_rate = 5e-5        # Adam on the scores (dense: on the kernels)
+  config.beta_1 = 0.5
+  config.beta_2 = 0.999
+  config.lr_schedule = "constant"    # constant | cosine (decay over the whole run)
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "digits"     # any TFDS image dataset, or the embedded `digits`
+  config.dataset.data_dir = ""       # TFDS data_dir ("" = TFDS default)
+  config.dataset.image_size = 16
+
+  config.generator = ml_collections.ConfigDict()
+  config.generator.name = "dcgan"    # resnet32 | resnet64 | sngan32 | sngan64 | dcgan
+  config.generator.latent_dim = 128
+  config.generator.filters = ()      # () = the architecture's default widths
+  config.generator.weight_init = "signed_kaiming_constant"  # | kaiming_normal | normal_002
+  config.generator.score_init = "kaiming_uniform"           # | uniform_01
+  config.generator.scale_fan = False  # kaiming_normal with fan_in scaled by keep_fraction
+  config.generator.mask_bias = False
+
+  config.features = ml_collections.ConfigDict()
+  config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn
+  config.features.weights = "default"  # default (imagenet / trained digits net) | none | PATH
+  config.features.cache_dir = ""       # "" = ~/.cache/slt_tf
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.ama_learning_rate = 1e-5
+
+  config.checkpoint_every_steps = 500
+  config.log_every_steps = 50
+  config.sample_every_steps = 500
+  config.num_sample_images = 64
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_steps = 0          # 0 = only when bin/evaluate is run
+  config.eval.num_samples = 10000
+  config.eval.network = ""             # "" = inception_v3 (digits: digits_eval_cnn)
+  config.eval.weights = "default"
+  return config

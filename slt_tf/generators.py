@@ -1,0 +1,192 @@
+"""Generators built from scored layers (or their plain Keras twins), chosen by name.
+
+Architectures (method.md, "Generators"):
+- `resnet32` / `resnet64`: GFMN ResNet generator, 4x4 start, upsampling residual blocks
+  (BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, 1x1 conv + up on the skip), BN-ReLU-conv3x3-tanh.
+  Filters [512, 256, 128, 64] / [1024, 512, 256, 128, 64].
+- `sngan32` / `sngan64`: the same blocks at a constant 256 channels (SNGAN's generator).
+- `dcgan`: dense to 4x4, transposed convolutions (k4, s2) with BN-ReLU, tanh.
+Batch norm has no learned affine parameters and is synchronised across replicas, so the
+batch statistics are those of the global batch.
+
+Every layer has a fixed name, so a ticket generator and its plain twin (`plain=True`, used to
+bake masks into a servable model) have the same layer names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+
+from slt_tf import errors
+from slt_tf import layers as scored
+
+DEFAULT_FILTERS = {
+    "resnet32": (512, 256, 128, 64),
+    "resnet64": (1024, 512, 256, 128, 64),
+    "sngan32": (256, 256, 256, 256),
+    "sngan64": (256, 256, 256, 256, 256),
+    "dcgan": (256, 128, 64, 32, 16),
+}
+IMAGE_SIZES = {"resnet32": 32, "resnet64": 64, "sngan32": 32, "sngan64": 64}
+GENERATORS = tuple(DEFAULT_FILTERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSpec:
+  """Everything needed to rebuild a generator's architecture and frozen weights."""
+  name: str
+  image_size: int
+  channels: int
+  latent_dim: int = 128
+  filters: tuple[int, ...] = ()
+  method: str = "edge_popup"
+  keep_fraction: float = 0.1
+  weight_init: str = "signed_kaiming_constant"
+  score_init: str = "kaiming_uniform"
+  scale_fan: bool = False
+  mask_bias: bool = False
+  seed: int = 0
+
+  def to_dict(self) -> dict:
+    return {**dataclasses.asdict(self), "filters": list(self.resolved_filters())}
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "GeneratorSpec":
+    return cls(**{**values, "filters": tuple(values.get("filters", ()))})
+
+  def resolved_filters(self) -> tuple[int, ...]:
+    num_blocks = _num_upsamplings(self.image_size)
+    filters = tuple(self.filters) or DEFAULT_FILTERS[self.name][:num_blocks + 1]
+    if len(filters) != num_blocks + 1:
+      raise errors.SltError(
+          f"generator {self.name} at image_size {self.image_size} needs {num_blocks + 1} filter "
+          f"counts (4x4 start, {num_blocks} upsamplings), got {len(filters)}: {list(filters)}")
+    return filters
+
+
+def _num_upsamplings(image_size: int) -> int:
+  blocks = math.log2(image_size / 4) if image_size >= 4 else -1
+  if blocks < 0 or blocks != int(blocks):
+    raise errors.SltError(f"image_size must be 4 * 2^n (4, 8, 16, 32, 64, ...), got {image_size}")
+  return int(blocks)
+
+
+class _Layers:
+  """Makes the generator's weight layers: scored ones, or plain Keras twins (`plain=True`)."""
+
+  def __init__(self, spec: GeneratorSpec, mask_rule, plain: bool):
+    self.spec = spec
+    self.mask_rule = mask_rule
+    self.plain = plain
+
+  def _scored_args(self, use_bias):
+    return dict(mask_rule=self.mask_rule, use_bias=use_bias, mask_bias=self.spec.mask_bias,
+                weight_init=self.spec.weight_init, score_init=self.spec.score_init,
+                seed=self.spec.seed, scale_fan=self.spec.scale_fan)
+
+  def dense(self, units, name, use_bias=True):
+    if self.plain:
+      return keras.layers.Dense(units, use_bias=use_bias, name=name)
+    return scored.ScoredDense(units, name=name, **self._scored_args(use_bias))
+
+  def conv(self, filters, kernel_size, name, use_bias=True):
+    if self.plain:
+      return keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=use_bias, name=name)
+    return scored.ScoredConv2D(filters, kernel_size, name=name, **self._scored_args(use_bias))
+
+  def conv_transpose(self, filters, name, use_bias=True):
+    if self.plain:
+      return keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
+                                          use_bias=use_bias, name=name)
+    return scored.ScoredConv2DTranspose(filters, 4, strides=2, name=name,
+                                        **self._scored_args(use_bias))
+
+
+def _batch_norm(name):
+  return keras.layers.BatchNormalization(center=False, scale=False, synchronized=True,
+                                         momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _resnet_body(z, spec, make):
+  filters = spec.resolved_filters()
+  x = make.dense(4 * 4 * filters[0], "dense_in")(z)
+  x = keras.layers.Reshape((4, 4, filters[0]), name="to_4x4")(x)  # (B, 4, 4, F0)
+  for i, (f_in, f_out) in enumerate(zip(filters[:-1], filters[1:])):
+    p = f"block{i}"
+    h = keras.layers.ReLU(name=f"{p}_relu1")(_batch_norm(f"{p}_bn1")(x))
+    h = keras.layers.UpSampling2D(2, name=f"{p}_up")(h)
+    h = make.conv(f_out, 3, f"{p}_conv1", use_bias=False)(h)
+    h = keras.layers.ReLU(name=f"{p}_relu2")(_batch_norm(f"{p}_bn2")(h))
+    h = make.conv(f_out, 3, f"{p}_conv2")(h)
+    skip = keras.layers.UpSampling2D(2, name=f"{p}_skip_up")(x)
+    skip = make.conv(f_out, 1, f"{p}_skip_conv")(skip)
+    x = keras.layers.Add(name=f"{p}_add")([h, skip])  # (B, 2S, 2S, f_out)
+  x = keras.layers.ReLU(name="out_relu")(_batch_norm("out_bn")(x))
+  return make.conv(spec.channels, 3, "conv_out")(x)
+
+
+def _dcgan_body(z, spec, make):
+  filters = spec.resolved_filters()
+  x = make.dense(4 * 4 * filters[0], "dense_in", use_bias=False)(z)
+  x = keras.layers.Reshape((4, 4, filters[0]), name="to_4x4")(x)
+  x = keras.layers.ReLU(name="in_relu")(_batch_norm("in_bn")(x))
+  for i, f_out in enumerate(filters[1:-1]):
+    x = make.conv_transpose(f_out, f"up{i}", use_bias=False)(x)
+    x = keras.layers.ReLU(name=f"up{i}_relu")(_batch_norm(f"up{i}_bn")(x))
+  if len(filters) > 1:
+    x = make.conv_transpose(filters[-1], f"up{len(filters) - 2}", use_bias=False)(x)
+    x = keras.layers.ReLU(name="out_relu")(_batch_norm("out_bn")(x))
+  return make.conv(spec.channels, 3, "conv_out")(x)
+
+
+class Generator(keras.Model):
+  """z float32 [B, latent_dim] -> images float32 [B, S, S, C] in [-1, 1]."""
+
+  def __init__(self, spec: GeneratorSpec, *, plain: bool = False, **kwargs):
+    super().__init__(name=kwargs.pop("name", "generator"), **kwargs)
+    if spec.name not in GENERATORS:
+      raise errors.SltError(
+          f"unknown generator {spec.name!r}; choose one of {', '.join(GENERATORS)}")
+    from slt_tf import masking  # pylint: disable=g-import-not-at-top
+    self.spec = spec
+    self.plain = plain
+    self.mask_rule = None if plain else masking.make_rule(spec.method, spec.keep_fraction)
+    make = _Layers(spec, self.mask_rule, plain)
+    z = keras.Input((spec.latent_dim,), name="z")
+    body = _dcgan_body if spec.name == "dcgan" else _resnet_body
+    images = keras.layers.Activation("tanh", name="tanh")(body(z, spec, make))
+    self.body = keras.Model(z, images, name="body")
+
+  def call(self, z, training=False):
+    shared_step = getattr(self.mask_rule, "shared_step", None)
+    if shared_step is None:
+      return self.body(z, training=training)
+    with shared_step():
+      return self.body(z, training=training)
+
+  def scored_layers(self) -> list[scored.ScoredLayer]:
+    return scored.scored_layers(self.body)
+
+  def weight_layers(self) -> list[keras.layers.Layer]:
+    """Layers with a kernel (scored or plain), in creation order."""
+    return [l for l in self.body.layers if hasattr(l, "kernel")]
+
+  def batch_norm_layers(self) -> list[keras.layers.BatchNormalization]:
+    return [l for l in self.body.layers if isinstance(l, keras.layers.BatchNormalization)]
+
+  def get_config(self):
+    return {"spec": self.spec.to_dict(), "plain": self.plain}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(GeneratorSpec.from_dict(config["spec"]), plain=config["plain"])
+
+
+def build(spec: GeneratorSpec, *, plain: bool = False) -> Generator:
+  """Builds (and creates the weights of) a generator."""
+  generator = Generator(spec, plain=plain)
+  generator(keras.ops.zeros((1, spec.latent_dim)))
+  return generator

@@ -1,0 +1,86 @@
+"""The ticket search as a keras.Model: `fit()` optimises the scores (or, dense, the kernels).
+
+Each step: z from the global sample indices the dataset yields (so any replica count and any
+restart sees the same latents), images = G(z), features = E(images), global-batch moments,
+AMA update, and one optimiser step on the generator's trainable variables only: the scores in
+a ticket search, the kernels in the dense GFMN baseline. Frozen weights never get a gradient.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from slt_tf import generators
+from slt_tf import losses
+from slt_tf import sampling
+
+
+class _Frozen:
+  """Holds the feature network out of Keras/checkpoint tracking (it is never trained)."""
+
+  def __init__(self, network):
+    self.network = network
+
+  def __call__(self, images):
+    return self.network(images)
+
+
+class TicketSearch(keras.Model):
+  """Moment-matching search of a strong lottery ticket (or dense training) for a generator."""
+
+  def __init__(self, generator: generators.Generator, feature_network, real_mean: np.ndarray,
+               real_variance: np.ndarray, *, latent_seed: int, ama_learning_rate: float = 1e-5,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.generator = generator
+    self._features = _Frozen(feature_network)
+    self.latent_seed = latent_seed
+    dim = int(real_mean.shape[0])
+    self.real_mean = self.add_weight(name="real_mean", shape=(dim,), trainable=False,
+                                     initializer=keras.initializers.Constant(real_mean))
+    self.real_variance = self.add_weight(name="real_variance", shape=(dim,), trainable=False,
+                                         initializer=keras.initializers.Constant(real_variance))
+    self.ama_mean = losses.AdamMovingAverage(dim, learning_rate=ama_learning_rate, name="ama_mean")
+    self.ama_variance = losses.AdamMovingAverage(dim, learning_rate=ama_learning_rate,
+                                                 name="ama_variance")
+    self.trackers = {name: keras.metrics.Mean(name=name) for name in (
+        "loss", "mean_loss", "variance_loss", "ama_mean_loss", "ama_variance_loss")}
+
+  @property
+  def metrics(self):
+    return list(self.trackers.values())
+
+  def call(self, z, training=False):
+    return self.generator(z, training=training)
+
+  def latents(self, sample_indices: tf.Tensor) -> tf.Tensor:
+    return sampling.latents(sample_indices, self.generator.spec.latent_dim, self.latent_seed)
+
+  def train_step(self, data):
+    sample_indices = data  # int64 [B_local]: global indices of this replica's samples
+    z = self.latents(sample_indices)
+    trainable = self.generator.trainable_variables
+    with tf.GradientTape() as tape:
+      images = self.generator(z, training=True)  # (B_local, S, S, C)
+      features = self._features(images)  # (B_local, D)
+      fake_mean, fake_variance, batch_size = losses.global_batch_moments(features)
+      mean_gap = self.real_mean - fake_mean
+      variance_gap = self.real_variance - fake_variance
+      mean_weights, ama_mean_loss = self.ama_mean.update(mean_gap)
+      variance_weights, ama_variance_loss = self.ama_variance.update(variance_gap)
+      surrogate = losses.moment_matching_surrogate(features, fake_mean, batch_size,
+                                                   tf.stop_gradient(mean_weights),
+                                                   tf.stop_gradient(variance_weights))
+    gradients = tape.gradient(surrogate, trainable)
+    self.optimizer.apply_gradients(zip(gradients, trainable))
+    loss = (tf.reduce_sum(mean_weights * mean_gap)
+            + tf.reduce_sum(variance_weights * variance_gap))
+    values = {"loss": loss, "mean_loss": tf.reduce_mean(tf.square(mean_gap)),
+              "variance_loss": tf.reduce_mean(tf.square(variance_gap)),
+              "ama_mean_loss": ama_mean_loss, "ama_variance_loss": ama_variance_loss}
+    for name, value in values.items():
+      self.trackers[name].update_state(value)
+    return {name: tracker.result() for name, tracker in self.trackers.items()}
+
