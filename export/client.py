@@ -302,6 +302,13 @@ def generate_grpc(address: str, model_name: str, *, seeds: np.ndarray,
 # -------------------------------------------------------------------------------- dispatch
 
 
+def seed_range(first_seed: int, num: int) -> np.ndarray:
+  """int64 [num]: first_seed .. first_seed + num - 1."""
+  if num < 1:
+    raise errors.SltError(f"the number of images must be at least 1, got {num}")
+  return np.arange(first_seed, first_seed + num, dtype=np.int64)
+
+
 def generate(*, seeds: np.ndarray, server: str | None = None, grpc_address: str | None = None,
              saved_model: str | None = None, model_name: str = "slt",
              signature: str | None = None, version: int | None = None,
@@ -374,14 +381,19 @@ def save_npz(images: np.ndarray, path: str, *, seeds: np.ndarray | None = None) 
   np.savez_compressed(path, **arrays)
 
 
+def check_output_path(path: str) -> None:
+  """Output paths end in .png (grid) or .npz (arrays)."""
+  if not path.endswith((".png", ".npz")):
+    raise errors.SltError(f"output {path!r} must end in .png (grid) or .npz (arrays)")
+
+
 def save_images(images_uint8: np.ndarray, path: str, *, seeds: np.ndarray | None = None) -> None:
-  """Saves by extension: .png -> grid, .npz -> arrays."""
+  """Saves by extension: .png -> grid, .npz -> arrays (and seeds)."""
+  check_output_path(path)
   if path.endswith(".png"):
     save_grid_png(images_uint8, path)
-  elif path.endswith(".npz"):
-    save_npz(images_uint8, path, seeds=seeds)
   else:
-    raise errors.SltError(f"output {path!r} must end in .png (grid) or .npz (arrays)")
+    save_npz(images_uint8, path, seeds=seeds)
 
 
 def _write_bytes(path: str, data: bytes) -> None:

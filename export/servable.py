@@ -118,13 +118,20 @@ def _check_arguments(latent_dim, model_name, version, num_warmup_records, metada
     raise errors.SltError(f"metadata must be JSON-serialisable: {e}") from e
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+  """Collapses a (Keras, multi-line, coloured) error message to one line."""
+  text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _image_shape(generator: keras.Model, latent_dim: int) -> tuple[int, int, int]:
   """Runs the generator once on zeros and checks it returns float images [N, H, W, C]."""
   try:
     images = generator(tf.zeros([1, latent_dim], tf.float32), training=False)
   except Exception as e:
     raise errors.SltError(f"the generator does not accept z of shape [N, {latent_dim}] "
-                          f"(latent_dim={latent_dim}): {type(e).__name__}: {e}") from e
+                          f"(latent_dim={latent_dim}): {type(e).__name__}: "
+                          f"{_one_line(str(e))}") from e
   images = tf.convert_to_tensor(images)
   if images.shape.rank != 4 or not images.dtype.is_floating:
     raise errors.SltError(f"the generator must return float images [N, H, W, C], got "
