@@ -48,12 +48,16 @@ class TicketSearch(keras.Model):
     self.trackers = {name: keras.metrics.Mean(name=name) for name in (
         "loss", "mean_loss", "variance_loss", "ama_mean_loss", "ama_variance_loss")}
 
+  def build(self, input_shape=None):
+    self.built = True  # Every weight is created in __init__.
+
   @property
   def metrics(self):
     return list(self.trackers.values())
 
-  def call(self, z, training=False):
-    return self.generator(z, training=training)
+  def call(self, sample_indices, training=False):
+    """Images for int64 global sample indices (the inputs `fit()` feeds)."""
+    return self.generator(self.latents(sample_indices), training=training)
 
   def latents(self, sample_indices: tf.Tensor) -> tf.Tensor:
     return sampling.latents(sample_indices, self.generator.spec.latent_dim, self.latent_seed)

@@ -1,0 +1,45 @@
+"""Finds a strong lottery ticket in a random generator (or trains it densely: method=dense).
+
+  python -m bin.find_ticket --config=configs/digits.py --workdir=runs/digits
+  python -m bin.find_ticket --config=configs/test.py --workdir=/tmp/t --config.keep_fraction=0.3
+
+A rerun with the same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+import slt_tf  # pylint: disable=unused-import
+from slt_tf import distribution
+from slt_tf import errors
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py[:variant]); override keys with --config.KEY=VALUE.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard, "
+                               "samples, ticket. Rerunning with it resumes.")
+_STRATEGY = flags.DEFINE_enum("strategy", "auto", distribution.STRATEGIES,
+                              "auto/mirrored: all local GPUs (else CPU); multi_worker: from "
+                              "TF_CONFIG; one_device: one GPU or the CPU.")
+_CPU_REPLICAS = flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into N logical devices "
+                                     "and mirror over them (testing on CPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    distribution.split_cpu(_CPU_REPLICAS.value)
+    from slt_tf import train  # pylint: disable=g-import-not-at-top
+    strategy = distribution.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, strategy=strategy)
+  except errors.SltError as e:
+    sys.exit(f"find_ticket: error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

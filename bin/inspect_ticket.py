@@ -1,0 +1,32 @@
+"""Describes the ticket of a workdir: kept weights per layer, sizes, frozen-weight check.
+
+  python -m bin.inspect_ticket --workdir=runs/digits [--json]
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+import slt_tf  # pylint: disable=unused-import
+from slt_tf import errors
+from slt_tf import inspection
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by bin/find_ticket.")
+_JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    report = inspection.inspect_workdir(_WORKDIR.value)
+  except errors.SltError as e:
+    sys.exit(f"inspect_ticket: error: {e}")
+  print(json.dumps(report, indent=2) if _JSON.value else inspection.format_table(report))
+
+
+if __name__ == "__main__":
+  app.run(main)

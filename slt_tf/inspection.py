@@ -1,0 +1,76 @@
+"""What a workdir's ticket holds, and a bit-for-bit check of its frozen weights."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from slt_tf import errors
+from slt_tf import generators
+from slt_tf import ticket as ticket_lib
+
+
+def _checkpointed_generator(spec: generators.GeneratorSpec, workdir: str):
+  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  if path is None:
+    return None, None
+  generator = generators.build(spec)
+  try:
+    tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
+  except (tf.errors.OpError, ValueError) as e:
+    raise errors.SltError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+  return generator, path
+
+
+def inspect_workdir(workdir: str) -> dict:
+  """Per layer: name, num_weights, num_kept, frozen_weights_verified; plus sizes.
+
+  frozen_weights_verified regenerates every frozen tensor from the ticket's seed and compares
+  it bit for bit with the latest checkpoint's (None when the workdir has no checkpoint).
+  """
+  path = os.path.join(workdir, "ticket.slt")
+  ticket = ticket_lib.load(path)
+  regenerated = generators.build(ticket.spec)
+  checkpointed, checkpoint_path = _checkpointed_generator(ticket.spec, workdir)
+  layers = []
+  for layer in regenerated.scored_layers():
+    kernel_mask = ticket.masks[f"{layer.name}/kernel"]
+    bias_mask = ticket.masks.get(f"{layer.name}/bias")
+    verified = None
+    if checkpointed is not None:
+      twin = checkpointed.body.get_layer(layer.name)
+      pairs = [(layer.kernel, twin.kernel)] + ([(layer.bias, twin.bias)] if layer.bias is not None
+                                               else [])
+      verified = all(np.array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+                     for a, b in pairs)
+    layers.append({
+        "name": layer.name,
+        "num_weights": int(kernel_mask.size + (bias_mask.size if bias_mask is not None else 0)),
+        "num_kept": int(kernel_mask.sum() + (bias_mask.sum() if bias_mask is not None else 0)),
+        "frozen_weights_verified": verified,
+    })
+  return {
+      "ticket": path, "checkpoint": checkpoint_path, "generator": ticket.spec.to_dict(),
+      "metadata": ticket.metadata, "layers": layers,
+      "num_weights": sum(l["num_weights"] for l in layers),
+      "num_kept": sum(l["num_kept"] for l in layers),
+      "ticket_bytes": int(tf.io.gfile.stat(path).length),
+      "dense_fp32_bytes": ticket_lib.dense_fp32_bytes(regenerated),
+  }
+
+
+def format_table(report: dict) -> str:
+  lines = [f"{'layer':<24}{'weights':>12}{'kept':>12}{'kept %':>9}  frozen weights"]
+  for layer in report["layers"]:
+    verified = {True: "bit-identical", False: "MISMATCH", None: "no checkpoint"}[
+        layer["frozen_weights_verified"]]
+    lines.append(f"{layer['name']:<24}{layer['num_weights']:>12}{layer['num_kept']:>12}"
+                 f"{100 * layer['num_kept'] / layer['num_weights']:>8.2f}%  {verified}")
+  lines.append(f"{'total':<24}{report['num_weights']:>12}{report['num_kept']:>12}"
+               f"{100 * report['num_kept'] / report['num_weights']:>8.2f}%")
+  ratio = report["dense_fp32_bytes"] / report["ticket_bytes"]
+  lines.append(f"ticket file {report['ticket_bytes']} bytes; float32 weights "
+               f"{report['dense_fp32_bytes']} bytes ({ratio:.1f}x smaller)")
+  return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""train_and_evaluate(config, workdir): the ticket search end to end (the only config reader
+besides bin/).
+
+Workdir layout:
+  config.json                 the resolved config (a rerun with a different one is refused)
+  checkpoints/                tf.train.CheckpointManager (a rerun resumes from the latest)
+  tensorboard/train/          losses, AMA losses, fraction of each mask changed per log
+  samples/step_*.png, final.png
+  ticket.slt                  the ticket (not for method=dense)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from configs import default as default_config
+from slt_tf import callbacks as callbacks_lib
+from slt_tf import data
+from slt_tf import distribution
+from slt_tf import errors
+from slt_tf import features
+from slt_tf import generators
+from slt_tf import masking
+from slt_tf import model as model_lib
+from slt_tf import moments
+from slt_tf import sampling
+from slt_tf import ticket as ticket_lib
+
+# Keys that may change when a run is resumed (more steps, other logging); all others may not.
+RESUMABLE_KEYS = ("num_steps", "checkpoint_every_steps", "log_every_steps",
+                  "sample_every_steps", "num_sample_images", "eval.")
+TICKET_FILE = "ticket.slt"
+CONFIG_FILE = "config.json"
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Unknown keys, wrong types and bad values raise SltError naming what is allowed."""
+  reference = _flatten(default_config.get_config().to_dict())
+  given = _flatten(config.to_dict())
+  unknown = sorted(set(given) - set(reference))
+  if unknown:
+    raise errors.SltError(f"unknown config key(s) {', '.join(unknown)}; known keys: "
+                          f"{', '.join(sorted(reference))}")
+  missing = sorted(set(reference) - set(given))
+  if missing:
+    raise errors.SltError(f"config lacks key(s) {', '.join(missing)}; start from "
+                          "configs/default.py")
+  if config.method not in masking.METHODS:
+    raise errors.SltError(f"unknown method {config.method!r}; choose one of "
+                          f"{', '.join(masking.METHODS)}")
+  masking.validate_keep_fraction(config.keep_fraction)
+  if config.lr_schedule not in ("constant", "cosine"):
+    raise errors.SltError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
+  if config.generator.name not in generators.GENERATORS:
+    raise errors.SltError(f"unknown generator {config.generator.name!r}; choose one of "
+                          f"{', '.join(generators.GENERATORS)}")
+  if config.features.name not in features.FEATURE_NETWORKS:
+    raise errors.SltError(f"unknown feature network {config.features.name!r}; choose one of "
+                          f"{', '.join(features.FEATURE_NETWORKS)}")
+  for key in ("num_steps", "batch_size", "checkpoint_every_steps", "log_every_steps",
+              "sample_every_steps"):
+    if int(config[key]) <= 0:
+      raise errors.SltError(f"{key} must be a positive integer, got {config[key]}")
+  data.validate_dataset_name(config.dataset.name)
+  generator_spec(config, channels=1).resolved_filters()
+
+
+def generator_spec(config: ml_collections.ConfigDict, channels: int) -> generators.GeneratorSpec:
+  g = config.generator
+  return generators.GeneratorSpec(
+      name=g.name, image_size=config.dataset.image_size, channels=channels,
+      latent_dim=g.latent_dim, filters=tuple(g.filters), method=config.method,
+      keep_fraction=config.keep_fraction, weight_init=g.weight_init, score_init=g.score_init,
+      scale_fan=g.scale_fan, mask_bias=g.mask_bias, seed=config.seed)
+
+
+def _resumable(key: str) -> bool:
+  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool = True) -> None:
+  """Refuses a workdir that holds a run with a different config; writes config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  resolved = config.to_dict()
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      try:
+        previous = _flatten(json.load(f))
+      except json.JSONDecodeError as e:
+        raise errors.SltError(f"{path} is not valid JSON ({e}); use a new --workdir") from e
+    current = _flatten(json.loads(json.dumps(resolved)))
+    differing = sorted(k for k in set(previous) | set(current)
+                       if previous.get(k) != current.get(k) and not _resumable(k))
+    if differing:
+      raise errors.SltError(
+          f"workdir {workdir} holds a run with a different config ("
+          + ", ".join(f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differing)
+          + "); use a new --workdir or the same config")
+  if write:
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+      json.dump(resolved, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def _cache_dir(config) -> str:
+  return config.features.cache_dir or os.path.expanduser("~/.cache/slt_tf")
+
+
+def _weights(value: str):
+  return None if value == "none" else value
+
+
+def feature_network(config, channels: int):
+  return features.build_feature_network(
+      config.features.name, image_size=config.dataset.image_size, channels=channels,
+      weights=_weights(config.features.weights), cache_dir=_cache_dir(config),
+      data_dir=config.dataset.data_dir or None, seed=config.seed)
+
+
+def real_moments(config, network) -> tuple[np.ndarray, np.ndarray]:
+  """mu_r and var_r over the training split (cached; computed once per key)."""
+  name, split = config.dataset.name, data.training_split(config.dataset.name)
+  images = data.load_images(name, split, image_size=config.dataset.image_size, batch_size=256,
+                            data_dir=config.dataset.data_dir or None)
+  key_parts = {"dataset": name, "split": split, "image_size": config.dataset.image_size,
+               "data_dir": os.path.abspath(config.dataset.data_dir) if config.dataset.data_dir
+                           else "", "features": config.features.name}
+  return moments.real_feature_moments(network, images, cache_dir=_cache_dir(config),
+                                      key_parts=key_parts)
+
+
+def _optimizer(config) -> keras.optimizers.Optimizer:
+  learning_rate = config.learning_rate
+  if config.lr_schedule == "cosine":
+    learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.num_steps)
+  return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
+
+
+def build_model(config, strategy, channels: int, real_mean, real_variance):
+  """The TicketSearch model and its optimiser, created in the strategy's scope."""
+  with strategy.scope():
+    network = feature_network(config, channels)
+    generator = generators.build(generator_spec(config, channels))
+    search = model_lib.TicketSearch(generator, network, real_mean, real_variance,
+                                    latent_seed=config.seed,
+                                    ama_learning_rate=config.loss.ama_learning_rate)
+    optimizer = _optimizer(config)
+    search.compile(optimizer=optimizer)
+    optimizer.build(generator.trainable_variables)
+  return search
+
+
+def checkpoint_manager(search, workdir: str) -> tf.train.CheckpointManager:
+  checkpoint = tf.train.Checkpoint(generator=search.generator, model=search,
+                                   optimizer=search.optimizer)
+  return tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=3)
+
+
+def restore(manager: tf.train.CheckpointManager) -> int:
+  """Restores the latest checkpoint if any; returns the step. A bad one raises SltError."""
+  path = manager.latest_checkpoint
+  if path is None:
+    return 0
+  try:
+    manager.checkpoint.restore(path).assert_existing_objects_matched()
+  except (tf.errors.OpError, ValueError, AssertionError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise errors.SltError(f"cannot restore checkpoint {path} ({reason}); it is corrupt or from "
+                          "another model: move it away or use a new --workdir") from e
+  step = int(manager.checkpoint.optimizer.iterations.numpy())
+  logging.info("Resumed from %s at step %d.", path, step)
+  return step
+
+
+def sample_latents(config) -> tf.Tensor:
+  """The fixed latents of the sample grids: seeds 0..N-1 (the serving `seeds` signature's)."""
+  return sampling.latents(tf.range(config.num_sample_images, dtype=tf.int64),
+                          config.generator.latent_dim, stream=0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       strategy: tf.distribute.Strategy | None = None) -> dict:
+  """Runs (or resumes) the search; returns a summary (step, ticket path, sizes)."""
+  validate_config(config)
+  prepare_workdir(config, workdir, write=False)
+  strategy = strategy or distribution.make_strategy()
+  if config.batch_size % strategy.num_replicas_in_sync:
+    raise errors.SltError(f"batch_size {config.batch_size} is not divisible by the "
+                          f"{strategy.num_replicas_in_sync} replicas")
+  channels = data.num_channels(config.dataset.name)
+  real_mean, real_variance = real_moments(config, feature_network(config, channels))
+  search = build_model(config, strategy, channels, real_mean, real_variance)
+  manager = checkpoint_manager(search, workdir)
+  start = restore(manager)
+  prepare_workdir(config, workdir)
+
+  batch = config.batch_size
+  indices = tf.data.Dataset.range(start * batch, config.num_steps * batch).batch(
+      batch, drop_remainder=True)
+  upscale = max(1, 64 // config.dataset.image_size)
+  callbacks = [
+      callbacks_lib.StopOnNonFinite(manager),
+      callbacks_lib.TensorBoardScalars(os.path.join(workdir, "tensorboard", "train"),
+                                       config.log_every_steps),
+      callbacks_lib.SampleGrids(os.path.join(workdir, "samples"), sample_latents(config),
+                                config.sample_every_steps, upscale),
+      callbacks_lib.PeriodicCheckpoint(manager, config.checkpoint_every_steps),
+  ]
+  if start < config.num_steps:
+    logging.info("Training steps %d..%d (%d replicas, global batch %d).", start,
+                 config.num_steps, strategy.num_replicas_in_sync, batch)
+    search.fit(indices, epochs=1, callbacks=callbacks, verbose=1)
+  else:
+    logging.info("Workdir already holds step %d >= num_steps; nothing to train.", start)
+
+  callbacks_lib.write_sample_grid(search.generator, sample_latents(config),
+                                  os.path.join(workdir, "samples", "final.png"), upscale)
+  summary = {"step": callbacks_lib.current_step(search), "workdir": workdir}
+  if config.method != "dense":
+    ticket = ticket_lib.from_generator(search.generator, {"step": summary["step"]})
+    path = os.path.join(workdir, TICKET_FILE)
+    summary.update(ticket=path, ticket_bytes=ticket_lib.save(ticket, path),
+                   num_weights=ticket.num_weights, num_kept=ticket.num_kept)
+  summary["dense_fp32_bytes"] = ticket_lib.dense_fp32_bytes(search.generator)
+  logging.info("Done: %s", summary)
+  return summary
