@@ -4,15 +4,16 @@ Every dataset goes through TFDS. `digits` (scikit-learn's 8x8 handwritten digits
 `slt_tf.datasets.digits`) is prepared on the fly with no network; every other dataset must already
 be prepared in `data_dir` (this machine is offline), e.g. `tfds build cifar10 --data_dir=DIR`.
 
-Splits (method.md, "Evaluation protocol"): the held-out split is the dataset's `test` split where it
-has one (digits, CIFAR-10/100, CelebA's test partition, MNIST-like sets, SVHN, STL-10); otherwise the
-first 10,000 examples of `train` are held out and training uses `train[10000:]` (LSUN: its
+Splits (method.md, "Evaluation protocol"): the held-out split is the dataset's `test` split where
+it has one (digits, CIFAR-10/100, CelebA's test partition, MNIST-like sets, SVHN, STL-10); otherwise
+the first 10,000 examples of `train` are held out and training uses `train[10000:]` (LSUN: its
 `validation` split has only 300 images per category, too few for FID on 10k images). The held-out
 split is for evaluation only: never compute training statistics on it.
 
-Preprocessing: CelebA (218x178 aligned faces) is centre-cropped to 140x140 before resizing, the
-crop used by the GFMN and SNGAN CelebA set-ups; any other non-square image is centre-cropped to a
-square of its shorter side. Images are then resized with antialiasing (bilinear filter, area-like
+Preprocessing: CelebA (218x178 aligned faces) is centre-cropped to 140x140 before resizing, a
+common face crop in GAN work on CelebA (others use 108 or 148: `CELEB_A_CROP` is the one place to
+change it, and statistics cached with another crop must be recomputed); any other non-square image
+is centre-cropped to a square of its shorter side. Images are then resized with antialiasing (bilinear filter, area-like
 when shrinking) to `image_size` and mapped from 0..255 to [-1, 1]. Grey images keep 1 channel;
 an alpha channel is dropped.
 """
@@ -126,10 +127,19 @@ def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuild
   builder = tfds.builder(name, data_dir=data_dir)
   if _base_and_config(name)[0] == DIGITS:
     if not builder.is_prepared():
-      builder.download_and_prepare()
+      try:
+        builder.download_and_prepare()
+      except OSError:
+        # Several workers may prepare the same data_dir at once: TFDS writes into a private
+        # temporary directory and renames it, so every rename but the first fails. The data of
+        # the first one is identical; anything else is a real error.
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+          raise
     return builder
   if not builder.is_prepared():
-    where = data_dir if data_dir is not None else 'the default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)'
+    where = (data_dir if data_dir is not None
+             else 'the default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)')
     flag = f' --data_dir={data_dir}' if data_dir is not None else ''
     raise SltError(f'Dataset {name!r} is not prepared in {where} and this machine is offline: '
                    f'run `tfds build {name}{flag}` on a machine with internet access and copy '

@@ -37,7 +37,7 @@ def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
-  """Returns the fixed partition of sklearn indices: {'train': sorted [1497], 'test': sorted [300]}."""
+  """Returns the fixed partition of sklearn indices: {'train': [1497], 'test': [300]}, sorted."""
   random_state = np.random.RandomState(SPLIT_SEED)
   test_parts = []
   for label in range(NUM_CLASSES):
