@@ -180,7 +180,7 @@ def _fingerprint(*, name: str, layer_names: tuple[str, ...], preprocessing: str,
                             "preprocessing": preprocessing, "input_shape": list(input_shape)},
                            sort_keys=True).encode("utf-8"))
   for variable in model.weights:
-    value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+    value = np.ascontiguousarray(variable.numpy())
     digest.update(f"{value.dtype.str}{value.shape}".encode("utf-8"))
     digest.update(value.tobytes())
   return digest.hexdigest()
