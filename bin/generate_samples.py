@@ -24,7 +24,8 @@ _GRPC = flags.DEFINE_string(
 _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", None, "Local SavedModel: a version dir E/<model>/<version> or the model base "
     "path E/<model> (highest version); no server needed.")
-_MODEL_NAME = flags.DEFINE_string("model_name", "slt", "Model name on the server (--server, --grpc).")
+_MODEL_NAME = flags.DEFINE_string("model_name", "slt",
+                                  "Model name on the server (--server, --grpc).")
 _VERSION = flags.DEFINE_integer(
     "version", None, "Model version to use; default: the latest one the server (or directory) has.")
 _NUM = flags.DEFINE_integer("num", 64, "Number of images.", lower_bound=1)

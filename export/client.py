@@ -14,8 +14,11 @@ import urllib.error
 import urllib.request
 
 from absl import logging
+import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from export import servable
 from slt_tf import errors
@@ -237,10 +240,6 @@ def predict_grpc(address: str, model_name: str, inputs: dict, *,
     SltError: unreachable server, unknown model or signature, a rejected request (with the
       server's message), a response over max_message_bytes, a timeout.
   """
-  import grpc  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
-
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model_name
   request.model_spec.signature_name = signature

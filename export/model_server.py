@@ -37,7 +37,8 @@ from export import servable
 from slt_tf import errors
 
 # TF Serving's URL patterns (model_servers/http_rest_api_util.cc), labels left out.
-_PREDICT_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)")
+_PREDICT_PATH = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)")
 _STATUS_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?")
 # TF Serving sets the gRPC message size limit to INT32_MAX in both directions.
 _MAX_MESSAGE_BYTES = 2**31 - 1
@@ -84,7 +85,8 @@ class _LoadedModel:
       code, message = (grpc.StatusCode.INVALID_ARGUMENT,
                        'Serving signature name: "{name}" not found in signature def')
     else:  # servables/tensorflow/predict_util.
-      code, message = grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "{name}" not found.'
+      code, message = (grpc.StatusCode.FAILED_PRECONDITION,
+                       'Serving signature key "{name}" not found.')
     name, function = self._signature(signature_name, code, message)
     _, specs = function.structured_input_signature
     return name, dict(specs)

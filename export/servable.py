@@ -29,6 +29,9 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 from slt_tf import errors
 from slt_tf import sampling
@@ -151,11 +154,6 @@ def warmup_records(model_name: str, latent_dim: int, num_records: int) -> list[b
   function is traced before the first user request.
   See https://www.tensorflow.org/tfx/serving/saved_model_warmup.
   """
-  # Imported here: tensorflow_serving is only needed when exporting or serving.
-  from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
-
   records = []
   for index in range(num_records):
     signature = SIGNATURES[index % len(SIGNATURES)]

@@ -24,9 +24,10 @@ def tiny_generator(image_shape=(8, 8, 3), latent_dim=LATENT_DIM, seed=0) -> kera
   """Dense -> Reshape -> tanh: z [N, latent_dim] -> images [N, H, W, C] in [-1, 1]."""
   return keras.Sequential([
       keras.Input((latent_dim,)),
-      keras.layers.Dense(int(np.prod(image_shape)),
-                         kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed),
-                         bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 1)),
+      keras.layers.Dense(
+          int(np.prod(image_shape)),
+          kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed),
+          bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 1)),
       keras.layers.Reshape(image_shape),
       keras.layers.Activation("tanh"),
   ])
