@@ -7,12 +7,14 @@ TensorFlow Serving itself.
 
 import base64
 import contextlib
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import NamedTuple
 import urllib.error
@@ -304,6 +306,47 @@ def test_unreachable_server_gives_one_line_error_naming_the_address():
                      f"http://127.0.0.1:{port}") as e:
     client.generate_rest(f"http://127.0.0.1:{port}", "slt", seeds=[1], timeout=10)
   assert "\n" not in str(e.value)
+
+
+@contextlib.contextmanager
+def stub_rest_server(status: int, answer: dict):
+  """A REST server on 127.0.0.1 that gives every request the same answer."""
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+
+    def do_POST(self):  # pylint: disable=invalid-name
+      self.rfile.read(int(self.headers["Content-Length"]))
+      data = json.dumps(answer).encode()
+      self.send_response(status)
+      self.send_header("Content-Length", str(len(data)))
+      self.end_headers()
+      self.wfile.write(data)
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+  finally:
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_rest_answer_of_the_wrong_shape_is_a_clear_error():
+  with stub_rest_server(200, {"outputs": [[1, 2], [3, 4]]}) as url:
+    with pytest.raises(errors.SltError, match=r"answered 'images' as uint8 \[2, 2\], expected "
+                       r"uint8 images \[2, H, W, C\]"):
+      client.generate_rest(url, "slt", seeds=[1, 2], signature="generate_uint8")
+
+
+def test_rest_non_200_answer_includes_the_server_error_text():
+  with stub_rest_server(503, {"error": "Model is loading, try again"}) as url:
+    with pytest.raises(errors.SltError, match="answered HTTP 503 .* Model is loading, try again"):
+      client.generate_rest(url, "slt", seeds=[1])
 
 
 @pytest.mark.parametrize("seeds, message", [
