@@ -1,0 +1,32 @@
+#!/bin/bash
+# Runs `bazel test //...` for slt_tf in CI; .ci/run calls it after creating <repo>/.venv.
+#
+# Usage: tools/ci_bazel.sh [extra `bazel test` arguments, e.g. --local_test_jobs=1]
+#
+# Installs Debian's bazel-bootstrap (Bazel 4.2.3) with apt if `bazel` is missing. Bazel itself
+# needs no network: WORKSPACE maps the repositories it would download to third_party/ stubs,
+# and Python comes from <repo>/.venv through tools/python3.sh (or $SLT_TF_PYTHON if set).
+# See docs/bazel.md.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+if ! command -v bazel >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bazel-bootstrap
+fi
+
+# Fail early, with one clear line, if the interpreter Bazel will use lacks the project's packages.
+if ! tools/python3.sh -c "import tensorflow, keras, pytest" 2>/dev/null; then
+  echo "ci_bazel.sh: the Python of tools/python3.sh cannot import tensorflow/keras/pytest;" \
+    "create $repo/.venv (pip install -r requirements.txt) or set SLT_TF_PYTHON." >&2
+  exit 1
+fi
+
+# Do not leave a Bazel server running after CI.
+trap 'bazel shutdown >/dev/null 2>&1 || true' EXIT
+
+bazel test //... --keep_going "$@"
