@@ -93,7 +93,7 @@ class _FrozenNetwork:
     [input_size, input_size] (antialiased when shrinking). Values: `inception` and `digits`
     models take [-1, 1] as it is; `caffe` (VGG19) takes BGR in 0..255 minus the ImageNet mean.
     """
-    images = tf.convert_to_tensor(images, tf.float32)
+    images = tf.cast(images, tf.float32)
     if images.shape.rank != 4:
       raise errors.SltError(
           f"{self.name} expects images [batch, height, width, channels]; got shape {images.shape}.")
@@ -188,7 +188,7 @@ def _fingerprint(*, name: str, layer_names: tuple[str, ...], preprocessing: str,
 
 @contextlib.contextmanager
 def _python_random_seed(seed: int):
-  """Seeds Python's `random` (where unseeded keras initialisers draw their seeds), then restores it."""
+  """Seeds Python's `random` (unseeded keras initialisers draw seeds from it), then restores it."""
   state = random.getstate()
   random.seed(seed)
   try:
@@ -229,6 +229,10 @@ def _check_weights_file(path: str, name: str) -> str:
   return path
 
 
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split())
+
+
 def _weights_choices(name: str) -> str:
   if name.startswith("digits"):
     return "'default' (train on digits or load from the cache), None (random) or a weights file"
@@ -246,7 +250,7 @@ def _load_weights_file(model: keras.Model, path: str) -> None:
     try:
       model.load_weights(path)
     except ValueError as e:
-      raise errors.SltError(f"Weights file {path} does not fit this network: {e}") from e
+      raise errors.SltError(f"Weights file {path} does not fit this network: {_one_line(e)}") from e
     return
   with h5py.File(path, "r") as f:
     group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
@@ -286,7 +290,8 @@ def _imagenet_application(name: str, application: Callable[..., keras.Model], *,
       return application(weights="imagenet", input_shape=input_shape, **kwargs)
     except Exception as e:  # keras.utils.get_file raises a plain Exception when offline.
       raise errors.SltError(
-          f"Could not get the ImageNet weights of {name} ({type(e).__name__}: {e}); offline, pass "
+          f"Could not get the ImageNet weights of {name} ({type(e).__name__}: {_one_line(e)}); "
+          "offline, pass "
           "weights=<path to the keras applications .h5 file> (or None for random weights).") from e
   if weights is not None:
     weights = _check_weights_file(weights, name)
@@ -298,8 +303,11 @@ def _imagenet_application(name: str, application: Callable[..., keras.Model], *,
 
 
 def _weights_info(weights: str | None) -> dict[str, Any]:
-  return {"weights": "random" if weights is None else
-                     "imagenet" if weights in ("default", "imagenet") else os.path.expanduser(weights)}
+  if weights is None:
+    return {"weights": "random"}
+  if weights in ("default", "imagenet"):
+    return {"weights": "imagenet"}
+  return {"weights": os.path.expanduser(weights)}
 
 
 def build_feature_network(name: str, *, image_size: int, channels: int,
@@ -461,6 +469,11 @@ def _digits_classifier(name: str, architecture: Callable[[int, int], keras.Model
                       weights_path, type(e).__name__, e)
       classifier = architecture(image_size, seed)
 
+  if tf.distribute.has_strategy():
+    raise errors.SltError(
+        f"{name} is not in the cache {cache_dir} and must be trained outside a tf.distribute "
+        "strategy scope (its weights would depend on the replicas); build it once outside the "
+        "scope, later builds load the cache.")
   info = _train_digits_classifier(classifier, name=name, epochs=epochs, image_size=image_size,
                                   data_dir=data_dir, seed=seed)
   info.update(weights=weights_path, architecture=tag)

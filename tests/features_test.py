@@ -48,6 +48,16 @@ def test_bad_arguments_raise_one_line_errors():
     features.build_feature_network("vgg19", image_size=32, channels=3, weights="/no/such.h5")
 
 
+def test_unreachable_imagenet_weights_raise_a_one_line_error_suggesting_a_local_file(monkeypatch):
+  def offline(**kwargs):  # Like keras.utils.get_file without network.
+    del kwargs
+    raise RuntimeError("URL fetch failure on https://storage.googleapis.com/")
+  monkeypatch.setattr(keras.applications, "InceptionV3", offline)
+  with pytest.raises(errors.SltError, match="offline, pass weights=<path") as raised:
+    features.build_feature_network("inception_v3", image_size=32, channels=3)
+  assert "\n" not in str(raised.value)
+
+
 def test_inception_v3_features_are_10048_pooled_mixed_block_activations_at_75x75():
   network = features.build_feature_network("inception_v3", image_size=32, channels=1, weights=None)
   assert network.input_size == 75
@@ -200,6 +210,9 @@ def test_second_digits_cnn_build_loads_the_cache_with_the_same_fingerprint(train
   untrained = features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
                                              weights=None, seed=0)
   assert untrained.fingerprint != trained_digits_cnn.fingerprint
+  from_file = features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
+                                             weights=trained_digits_cnn.info["weights"])
+  assert from_file.fingerprint == trained_digits_cnn.fingerprint
 
 
 def test_digits_eval_cnn_is_a_different_trained_classifier_with_embedding_and_logits(
@@ -217,3 +230,15 @@ def test_digits_eval_cnn_is_a_different_trained_classifier_with_embedding_and_lo
   assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in network.model.layers)
   assert network.fingerprint != trained_digits_cnn.fingerprint
   _assert_frozen(network)
+
+
+def test_digits_cnn_refuses_to_train_inside_a_distribution_scope_but_loads_the_cache_there(
+    trained_digits_cnn, digits_cache, tmp_path):
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  with strategy.scope():
+    with pytest.raises(errors.SltError, match="outside a tf.distribute strategy scope"):
+      features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
+                                     cache_dir=str(tmp_path), seed=0)
+    loaded = features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
+                                            cache_dir=digits_cache, seed=0)
+  assert loaded.fingerprint == trained_digits_cnn.fingerprint
