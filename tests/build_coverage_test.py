@@ -70,7 +70,7 @@ def test_first_party_import_missing_from_deps_is_reported(tmp_path):
   with open(tmp_path / "slt_tf" / "BUILD", "a", encoding="utf-8") as f:
     f.write('py_library(name = "sampling", srcs = ["sampling.py"], deps = ["//slt_tf"])\n')
   assert check_build_coverage.check(str(tmp_path)) == [
-      '//slt_tf:masking: add "//slt_tf:sampling" to deps (slt_tf/masking.py imports '
+      '//slt_tf:masking: add "//slt_tf:sampling" to deps or data (slt_tf/masking.py imports '
       'slt_tf/sampling.py).']
 
 
@@ -80,7 +80,7 @@ def test_module_must_depend_on_its_package_init(tmp_path):
       'deps = [":slt_tf"]', "deps = []")
   (tmp_path / "slt_tf" / "BUILD").write_text(build)
   assert check_build_coverage.check(str(tmp_path)) == [
-      '//slt_tf:errors: add "//slt_tf:slt_tf" to deps (slt_tf/errors.py imports '
+      '//slt_tf:errors: add "//slt_tf:slt_tf" to deps or data (slt_tf/errors.py imports '
       'slt_tf/__init__.py).']
 
 
@@ -112,3 +112,22 @@ def test_file_named_in_build_but_missing_is_reported(tmp_path):
   os.remove(tmp_path / "slt_tf" / "masking.py")
   assert check_build_coverage.check(str(tmp_path)) == [
       "slt_tf/masking.py: named by //slt_tf:masking but missing."]
+
+
+def test_module_run_by_name_in_a_subprocess_counts_as_an_import_satisfied_by_data(tmp_path):
+  covered_tree(str(tmp_path))
+  write_tree(str(tmp_path), {
+      "bin/BUILD": 'py_binary(name = "find_ticket", srcs = ["find_ticket.py"])\n',
+      "bin/find_ticket.py": "",
+      "tests/BUILD": 'pytest_test(name = "train_test", srcs = ["train_test.py"])\n',
+      "tests/train_test.py": 'COMMAND = ["python", "-m", "bin.find_ticket", "--help"]\n',
+  })
+  build = (tmp_path / "BUILD").read_text().replace(
+      '"//slt_tf:all_files"', '"//slt_tf:all_files", "//bin:all_files", "//tests:all_files"')
+  (tmp_path / "BUILD").write_text(build)
+  assert check_build_coverage.check(str(tmp_path)) == [
+      '//tests:train_test: add "//bin:find_ticket" to deps or data (tests/train_test.py imports '
+      'bin/find_ticket.py).']
+  (tmp_path / "tests" / "BUILD").write_text(
+      'pytest_test(name = "train_test", srcs = ["train_test.py"], data = ["//bin:find_ticket"])\n')
+  assert check_build_coverage.check(str(tmp_path)) == []

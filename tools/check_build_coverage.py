@@ -9,7 +9,9 @@ It fails (exit code 1) listing, with a ready-to-paste BUILD stanza each:
      that no `srcs`, `main` or `data` entry of any BUILD file names (directly or by glob);
   2. every first-party import (`slt_tf`, `export`, `bin`, `configs`, `tests`, `tools`) of a
      target's sources whose target is missing from that target's `deps` (direct deps, like
-     Google's layering check: a module you import is a target you depend on);
+     Google's layering check: a module you import is a target you depend on); a string that
+     is exactly a first-party module name ("bin.find_ticket", as in `python -m bin.x`) counts
+     as an import too, satisfied by `deps` or `data`;
   3. every package (directory with a BUILD file) whose `:all_files` filegroup the top-level
      `//:build_coverage_inputs` does not list (that filegroup is what the Bazel test sees);
   4. every file a BUILD file names that does not exist (Bazel would fail on it).
@@ -182,7 +184,8 @@ def read_build_file(root: str, build_path: str, all_files: list[str],
           files.add(path)
           if attribute != "data" and path.endswith(".py"):
             srcs.add(path)
-    deps = {reader.label(v) for v in reader.strings(keywords.get("deps", ast.List(elts=[])))}
+    deps = {reader.label(v) for attribute in ("deps", "data")  # a data target is in runfiles too
+            for v in reader.strings(keywords.get(attribute, ast.List(elts=[])))}
     if call.func.id == "pytest_test":  # tools/pytest.bzl adds these.
       deps |= set(_PYTEST_TEST_DEPS)
     targets.append(Target(label, call.func.id, files, srcs, deps))
@@ -214,6 +217,10 @@ def imported_files(path: str, source: str, python_files: set[str]) -> set[str]:
       # `from a import b` imports module a.b when that is a file, else a name of module a.
       modules = [f"{module}.{alias.name}" if _module_file(f"{module}.{alias.name}", python_files)
                  else module for alias in node.names]
+    if (isinstance(node, ast.Constant) and isinstance(node.value, str) and
+        re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", node.value) and
+        _module_file(node.value, python_files)):
+      modules = [node.value]  # e.g. `python -m bin.generate_samples` run by a test
     for module in modules:
       if module.split(".")[0] not in FIRST_PARTY:
         continue
@@ -317,7 +324,7 @@ def check(root: str) -> list[str]:
         if dependency is None:
           problems.append(f"{path} imports {imported}, which no py_library has in srcs.")
         elif dependency not in target.deps:
-          problems.append(f"{target.label}: add \"{dependency}\" to deps ({path} imports "
+          problems.append(f"{target.label}: add \"{dependency}\" to deps or data ({path} imports "
                           f"{imported}).")
   aggregate_file = next((f for f in build_files if "/" not in f), None)
   if aggregate_file:
