@@ -250,7 +250,7 @@ def _short_label(label: str, package: str) -> str:
   return label
 
 
-def suggest(path: str, deps: Iterable[str]) -> str:
+def suggest(path: str, deps: Iterable[str], is_main: bool = False) -> str:
   """A BUILD stanza (for the file's package) that would cover `path`."""
   package, base = _package_of(path), os.path.basename(path)
   name = conventional_label(path).split(":", 1)[1]
@@ -264,7 +264,7 @@ def suggest(path: str, deps: Iterable[str]) -> str:
   if is_test:
     return (f'pytest_test(\n    name = "{name}",\n    size = "small",  # small < 60 s, medium < 300 s\n'
             f'    srcs = ["{base}"],\n{deps_text})')
-  binary = package.split("/")[0] in ("bin", "bench") and base != "__init__.py"
+  binary = is_main and package.split("/")[0] in ("bin", "bench", "tools")
   rule = "py_binary" if binary else "py_library"
   return f'{rule}(\n    name = "{name}",\n    srcs = ["{base}"],\n{deps_text})'
 
@@ -311,8 +311,10 @@ def check(root: str) -> list[str]:
       problems.append(f"{path}: named by {', '.join(sorted(covering[path]))} but missing.")
   for path in sorted(python_files - set(covering)):
     deps = {library_of(p) or conventional_label(p) for p in imports_of(path)}
+    with open(os.path.join(root, path), encoding="utf-8") as f:
+      is_main = bool(re.search(r"__name__\s*==\s*[\"']__main__", f.read()))
     problems.append(f"{path}: no BUILD target covers it; add to {_package_of(path) or '.'}/BUILD:\n"
-                    + suggest(path, deps))
+                    + suggest(path, deps, is_main))
   for target in targets:
     if target.rule not in _PY_RULES:
       continue
