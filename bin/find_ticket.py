@@ -6,15 +6,12 @@
 A rerun with the same workdir resumes from the latest checkpoint.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 import slt_tf  # pylint: disable=unused-import
+from bin import cli
 from slt_tf import distribution
-from slt_tf import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py[:variant]); override keys with --config.KEY=VALUE.",
@@ -30,16 +27,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    distribution.split_cpu(_CPU_REPLICAS.value)
-    from slt_tf import train  # pylint: disable=g-import-not-at-top
-    strategy = distribution.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, strategy=strategy)
-  except errors.SltError as e:
-    sys.exit(f"find_ticket: error: {e}")
+  del argv
+  distribution.split_cpu(_CPU_REPLICAS.value)
+  from slt_tf import train  # pylint: disable=g-import-not-at-top
+  strategy = distribution.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, strategy=strategy)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -4,13 +4,10 @@
 """
 
 import json
-import sys
-
-from absl import app
 from absl import flags
 
 import slt_tf  # pylint: disable=unused-import
-from slt_tf import errors
+from bin import cli
 from slt_tf import inspection
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by bin/find_ticket.")
@@ -19,14 +16,10 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    report = inspection.inspect_workdir(_WORKDIR.value)
-  except errors.SltError as e:
-    sys.exit(f"inspect_ticket: error: {e}")
+  del argv
+  report = inspection.inspect_workdir(_WORKDIR.value)
   print(json.dumps(report, indent=2) if _JSON.value else inspection.format_table(report))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,7 +19,7 @@ def _checkpointed_generator(spec: generators.GeneratorSpec, workdir: str):
   generator = generators.build(spec)
   try:
     tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
-  except (tf.errors.OpError, ValueError) as e:
+  except Exception as e:  # pylint: disable=broad-except  # TF raises many types; re-raised.
     raise errors.SltError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
   return generator, path
 
