@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Sequence
 
 import tensorflow as tf
@@ -123,7 +124,9 @@ class GlobalTopK:
 
   Layers call the rule with their own scores. Inside `rule.shared_step()` (the generator's
   forward pass) the masks of all registered tensors are computed once, together; outside it
-  each call computes them all again, which is correct but slower.
+  each call computes them all again, which is correct but slower. The shared masks are kept
+  per thread: MirroredStrategy traces each replica in its own thread, and a replica must use
+  the masks computed from its own copy of the scores (else its gradients are lost).
   """
 
   name = "global_edge_popup"
@@ -132,7 +135,7 @@ class GlobalTopK:
     validate_keep_fraction(keep_fraction)
     self.keep_fraction = float(keep_fraction)
     self._scores: list = []
-    self._cache: dict | None = None
+    self._local = threading.local()  # .cache: this thread's masks inside shared_step()
 
   def register(self, score_variable) -> None:
     self._scores.append(score_variable)
@@ -145,14 +148,15 @@ class GlobalTopK:
 
   @contextlib.contextmanager
   def shared_step(self):
-    self._cache = self._all_masks()
+    self._local.cache = self._all_masks()
     try:
       yield
     finally:
-      self._cache = None
+      self._local.cache = None
 
   def __call__(self, scores) -> tf.Tensor:
-    masks = self._cache if self._cache is not None else self._all_masks()
+    cache = getattr(self._local, "cache", None)
+    masks = cache if cache is not None else self._all_masks()
     for variable in self._scores:
       if variable is scores:
         return masks[id(variable)]

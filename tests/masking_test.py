@@ -256,3 +256,34 @@ def test_rules_reject_keep_fraction_outside_zero_one(rule, keep_fraction):
 def test_validate_keep_fraction_accepts_one_and_tiny_positive_values():
   masking.validate_keep_fraction(1.0)
   masking.validate_keep_fraction(1e-6)
+
+
+def test_global_top_k_shared_step_gives_each_mirrored_replica_its_own_gradients():
+  # MirroredStrategy traces replicas in threads that interleave at cross-replica syncs: a
+  # shared mask cache would hand replica 0 the masks of replica 1 (and no gradient).
+  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+  assert len(cpus) >= 2, "conftest.py should split the CPU into two logical devices"
+  strategy = tf.distribute.MirroredStrategy(cpus[:2])
+  rng = np.random.default_rng(6)
+  initial = [rng.standard_normal(shape).astype(np.float32) for shape in SHAPES]
+  upstreams = [rng.standard_normal(shape).astype(np.float32) for shape in SHAPES]
+  with strategy.scope():
+    variables = [tf.Variable(value) for value in initial]
+  rule = masking.GlobalTopK(0.3)
+  for v in variables:
+    rule.register(v)
+
+  def replica_step():
+    context = tf.distribute.get_replica_context()
+    with tf.GradientTape() as tape:
+      with rule.shared_step():
+        first = tf.reduce_sum(rule(variables[0]) * upstreams[0])
+        first = context.all_reduce(tf.distribute.ReduceOp.SUM, first) / 2.0  # A sync point.
+        loss = first + tf.add_n([tf.reduce_sum(rule(v) * u)
+                                 for v, u in zip(variables[1:], upstreams[1:])])
+    return tape.gradient(loss, variables)
+
+  gradients = tf.function(lambda: strategy.run(replica_step))()
+  for value, upstream, gradient in zip(initial, upstreams, gradients):
+    for local in strategy.experimental_local_results(gradient):
+      np.testing.assert_allclose(local.numpy(), np.sign(value) * upstream, rtol=1e-6)
