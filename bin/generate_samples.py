@@ -8,14 +8,11 @@ Exactly one source:
 Seeds are --seed .. --seed+--num-1; the same seeds give the same images from every source.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
-from export import client  # pylint: disable=g-bad-import-order
-from slt_tf import errors
+from bin import cli  # pylint: disable=g-bad-import-order
+from export import client
 
 _SERVER = flags.DEFINE_string(
     "server", None, "TF Serving REST address, e.g. http://localhost:8501 (default port 8501).")
@@ -40,20 +37,16 @@ _TIMEOUT = flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server."
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"generate_samples: error: unexpected arguments {argv[1:]}")
-  try:
-    client.check_output_path(_OUT.value)
-    seeds = client.seed_range(_SEED.value, _NUM.value)
-    images = client.generate(seeds=seeds, server=_SERVER.value, grpc_address=_GRPC.value,
-                             saved_model=_SAVED_MODEL.value, model_name=_MODEL_NAME.value,
-                             signature=_SIGNATURE.value, version=_VERSION.value,
-                             timeout=_TIMEOUT.value)
-    client.save_images(images, _OUT.value, seeds=seeds)
-  except errors.SltError as e:
-    sys.exit(f"generate_samples: error: {e}")
+  del argv
+  client.check_output_path(_OUT.value)
+  seeds = client.seed_range(_SEED.value, _NUM.value)
+  images = client.generate(seeds=seeds, server=_SERVER.value, grpc_address=_GRPC.value,
+                           saved_model=_SAVED_MODEL.value, model_name=_MODEL_NAME.value,
+                           signature=_SIGNATURE.value, version=_VERSION.value,
+                           timeout=_TIMEOUT.value)
+  client.save_images(images, _OUT.value, seeds=seeds)
   print(f"Wrote {len(images)} images {list(images.shape[1:])} to {_OUT.value}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

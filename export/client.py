@@ -7,7 +7,6 @@ inside the SavedModel with `slt_tf.sampling.latents(seeds, latent_dim, stream=0)
 
 import base64
 import json
-import math
 import os
 import socket
 import urllib.error
@@ -22,6 +21,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from export import servable
 from slt_tf import errors
+from slt_tf import images as images_lib
 
 REST_DEFAULT_SIGNATURE = servable.GENERATE_PNG
 GRPC_DEFAULT_SIGNATURE = servable.GENERATE_UINT8
@@ -90,7 +90,7 @@ def generate_local(saved_model_dir: str, *, seeds: np.ndarray | None = None,
     if not expected.shape.is_compatible_with(z.shape):
       raise errors.SltError(f"z must have shape [N, {expected.shape[1]}], got {list(z.shape)}")
     images = model.signatures[servable.SERVING_DEFAULT](z=tf.constant(z))["images"]
-    return servable.to_uint8(images).numpy()
+    return images_lib.to_uint8(images).numpy()
   seeds = _check_seeds(seeds)
   signature = signature or servable.GENERATE_UINT8
   _check_signature(signature)
@@ -341,34 +341,6 @@ def generate(*, seeds: np.ndarray, server: str | None = None, grpc_address: str 
 # ---------------------------------------------------------------------------------- output
 
 
-def image_grid(images_uint8: np.ndarray, columns: int | None = None,
-               padding: int = 1) -> np.ndarray:
-  """uint8 [N, H, W, C] -> one uint8 [rows*(H+p)-p, columns*(W+p)-p, C] image, row-major.
-
-  `columns` defaults to ceil(sqrt(N)); cells are separated by `padding` black pixels and
-  missing cells of the last row stay black.
-  """
-  images = np.asarray(images_uint8)
-  if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] == 0:
-    raise errors.SltError(f"images must be uint8 [N, H, W, C] with N >= 1, got "
-                          f"{images.dtype.name} {list(images.shape)}")
-  num, height, width, channels = images.shape
-  columns = columns or math.ceil(math.sqrt(num))
-  rows = math.ceil(num / columns)
-  grid = np.zeros([rows * (height + padding) - padding, columns * (width + padding) - padding,
-                   channels], np.uint8)
-  for index, image in enumerate(images):
-    top, left = (index // columns) * (height + padding), (index % columns) * (width + padding)
-    grid[top:top + height, left:left + width] = image
-  return grid
-
-
-def save_grid_png(images_uint8: np.ndarray, path: str) -> None:
-  """Writes the images as one PNG grid."""
-  data = tf.io.encode_png(image_grid(images_uint8)).numpy()
-  _write_bytes(path, data)
-
-
 def save_npz(images: np.ndarray, path: str, *, seeds: np.ndarray | None = None) -> None:
   """Writes images (and the seeds that made them) to a compressed .npz."""
   arrays = {"images": np.asarray(images)}
@@ -387,17 +359,10 @@ def check_output_path(path: str) -> None:
 
 
 def save_images(images_uint8: np.ndarray, path: str, *, seeds: np.ndarray | None = None) -> None:
-  """Saves by extension: .png -> grid, .npz -> arrays (and seeds)."""
+  """Saves by extension: .png -> one grid (`slt_tf.images.grid`, like the training sample
+  grids), .npz -> arrays (and seeds)."""
   check_output_path(path)
   if path.endswith(".png"):
-    save_grid_png(images_uint8, path)
+    images_lib.save_grid_png(path, images_uint8)
   else:
     save_npz(images_uint8, path, seeds=seeds)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  with open(path, "wb") as f:
-    f.write(data)

@@ -34,6 +34,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from slt_tf import errors
+from slt_tf import images as images_lib
 from slt_tf import sampling
 
 SERVING_DEFAULT = "serving_default"
@@ -46,15 +47,6 @@ ASSETS_EXTRA = "assets.extra"
 # TF Serving reads at most this many warmup records (saved_model_warmup_util).
 MAX_WARMUP_RECORDS = 1000
 _MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-
-
-def to_uint8(images: tf.Tensor) -> tf.Tensor:
-  """Quantises images in [-1, 1] to uint8: round((x + 1) * 127.5), clipped to [0, 255].
-
-  tf.round rounds halves to even, like np.round.
-  """
-  scaled = tf.round((tf.cast(images, tf.float32) + 1.0) * 127.5)
-  return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
 
 
 def encode_png_batch(images_uint8: tf.Tensor) -> tf.Tensor:
@@ -79,11 +71,11 @@ class _ServableGenerator(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="seeds")])
     def generate_uint8(seeds):
-      return {"images": to_uint8(self._images(self._latents(seeds)))}
+      return {"images": images_lib.to_uint8(self._images(self._latents(seeds)))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="seeds")])
     def generate_png(seeds):
-      images = to_uint8(self._images(self._latents(seeds)))
+      images = images_lib.to_uint8(self._images(self._latents(seeds)))
       return {"images_bytes": encode_png_batch(images)}
 
     self.serving_default = serving_default

@@ -33,6 +33,7 @@ from export import client
 from export import model_server
 from export import servable
 from slt_tf import errors
+from slt_tf import images as slt_images
 
 LATENT_DIM = 4
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -384,21 +385,11 @@ def test_generate_needs_exactly_one_source():
 # ------------------------------------------------------------------------------------ output
 
 
-def test_image_grid_places_images_row_major_with_black_padding():
-  images = np.arange(5 * 2 * 3 * 1, dtype=np.uint8).reshape([5, 2, 3, 1]) + 1
-  grid = client.image_grid(images)  # 3 columns, 2 rows.
-  assert grid.shape == (2 * 3 - 1, 3 * 4 - 1, 1)
-  np.testing.assert_array_equal(grid[0:2, 0:3], images[0])
-  np.testing.assert_array_equal(grid[0:2, 4:7], images[1])
-  np.testing.assert_array_equal(grid[3:5, 4:7], images[4])
-  assert grid[2].max() == 0 and grid[:, 3].max() == 0 and grid[3:5, 8:11].max() == 0
-
-
 def test_save_images_writes_png_grid_and_npz_and_rejects_other_extensions(tmp_path):
   images = np.random.default_rng(0).integers(0, 256, [4, 8, 8, 3], dtype=np.uint8)
   client.save_images(images, str(tmp_path / "grid.png"))
   grid = tf.io.decode_png((tmp_path / "grid.png").read_bytes()).numpy()
-  np.testing.assert_array_equal(grid, client.image_grid(images))
+  np.testing.assert_array_equal(grid, slt_images.grid(images))
   client.save_images(images, str(tmp_path / "out" / "samples.npz"), seeds=np.arange(4))
   with np.load(tmp_path / "out" / "samples.npz") as saved:
     np.testing.assert_array_equal(saved["images"], images)
@@ -423,7 +414,7 @@ def test_generate_samples_from_saved_model_writes_png_grid(models, tmp_path):
                                 f"--out={out}")
   assert result.returncode == 0, result.stderr[-2000:]
   grid = tf.io.decode_png(out.read_bytes()).numpy()
-  np.testing.assert_array_equal(grid, client.image_grid(local_images(models, np.arange(3, 8))))
+  np.testing.assert_array_equal(grid, slt_images.grid(local_images(models, np.arange(3, 8))))
 
 
 def test_generate_samples_without_source_exits_with_one_line_error():

@@ -14,6 +14,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from export import servable
 from slt_tf import errors
+from slt_tf import images
 from slt_tf import sampling
 
 LATENT_DIM = 4
@@ -123,11 +124,16 @@ def test_uint8_and_png_signatures_equal_quantised_serving_default_for_same_seeds
   np.testing.assert_array_equal(decoded, images)
 
 
-def test_to_uint8_maps_minus_one_to_zero_one_to_255_and_clips():
-  images = tf.constant([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
-  expected = np.clip(np.round((images.numpy().astype(np.float64) + 1.0) * 127.5), 0, 255)
-  np.testing.assert_array_equal(servable.to_uint8(images).numpy(), expected.astype(np.uint8))
-  assert servable.to_uint8(images).numpy().tolist() == [0, 0, 64, 128, 191, 255, 255]
+def test_generate_uint8_quantises_like_slt_tf_images_to_uint8(exported):
+  _, _, path = exported
+  loaded = tf.saved_model.load(path)
+  seeds = tf.constant([2, 3], tf.int64)
+  floats = loaded.signatures["serving_default"](z=sampling.latents(seeds, LATENT_DIM))["images"]
+  np.testing.assert_array_equal(loaded.signatures["generate_uint8"](seeds=seeds)["images"],
+                                images.to_uint8(floats))
+  # The shared quantiser: -1 -> 0, 1 -> 255, halves to even, clipped.
+  quantised = images.to_uint8(tf.constant([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]))
+  assert quantised.numpy().tolist() == [0, 0, 64, 128, 191, 255, 255]
 
 
 def test_existing_version_is_never_overwritten(exported):
