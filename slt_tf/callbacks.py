@@ -1,9 +1,12 @@
-"""Keras callbacks of the ticket search: finite-loss guard, checkpoints, TensorBoard, samples."""
+"""Keras callbacks of the ticket search: finite-loss guard, checkpoints, preemption,
+TensorBoard, samples."""
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 
 from absl import logging
 import keras
@@ -41,6 +44,28 @@ class StopOnNonFinite(keras.callbacks.Callback):
             f"good checkpoint is kept: {self.manager.latest_checkpoint or 'none was written'}")
 
 
+class Preempted(errors.SltError):
+  """The run received SIGTERM; a checkpoint of the step it stopped at was saved."""
+
+
+def save_checkpoint(model: keras.Model, manager: tf.train.CheckpointManager) -> None:
+  """Saves the current step (once) if every trained variable is finite.
+
+  tf.train.CheckpointManager writes the variables to `ckpt-N_temp/`, merges them into
+  `ckpt-N.index` / `ckpt-N.data-*`, and only then atomically rewrites the `checkpoint` state
+  file that names the latest checkpoint; a crash before that leaves the previous one latest.
+  """
+  step = current_step(model)
+  if manager.latest_checkpoint and manager.latest_checkpoint.endswith(f"-{step}"):
+    return
+  for variable in model.generator.trainable_variables:
+    if not np.all(np.isfinite(np.asarray(variable))):
+      raise NonFiniteError(f"{variable.path} holds NaN or Inf at step {step}; stopped, the "
+                           f"last good checkpoint is kept: {manager.latest_checkpoint}")
+  manager.save(checkpoint_number=step)
+  logging.info("Saved checkpoint for step %d.", step)
+
+
 class PeriodicCheckpoint(keras.callbacks.Callback):
   """Saves through a tf.train.CheckpointManager every `every_steps` steps and at the end."""
 
@@ -50,15 +75,7 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
     self.every_steps = every_steps
 
   def save(self) -> None:
-    step = current_step(self.model)
-    if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{step}"):
-      return
-    for variable in self.model.generator.trainable_variables:
-      if not np.all(np.isfinite(np.asarray(variable))):
-        raise NonFiniteError(f"{variable.path} holds NaN or Inf at step {step}; stopped, the "
-                             f"last good checkpoint is kept: {self.manager.latest_checkpoint}")
-    self.manager.save(checkpoint_number=step)
-    logging.info("Saved checkpoint for step %d.", step)
+    save_checkpoint(self.model, self.manager)
 
   def on_train_batch_end(self, batch, logs=None):
     if current_step(self.model) % self.every_steps == 0:
@@ -66,6 +83,49 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
 
   def on_train_end(self, logs=None):
     self.save()
+
+
+class PreemptionCheckpoint(keras.callbacks.Callback):
+  """On SIGTERM: finishes the running step, saves a checkpoint of it and stops training.
+
+  `stop_requested` is set by the signal handler (installed for the duration of training, in
+  the main thread); multi-worker loops OR it across workers so all stop at the same step.
+  After training, `preempted_step` is the step saved, or None.
+  """
+
+  def __init__(self, manager: tf.train.CheckpointManager):
+    super().__init__()
+    self.manager = manager
+    self.stop_requested = False
+    self.preempted_step = None
+    self._previous_handler = None
+
+  def _request_stop(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: saving a checkpoint after this step, then stopping.",
+                    signum)
+    self.stop_requested = True
+
+  def on_train_begin(self, logs=None):
+    if threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.stop_requested and self.preempted_step is None:
+      save_checkpoint(self.model, self.manager)
+      self.preempted_step = current_step(self.model)
+      self.model.stop_training = True
+
+  def on_train_end(self, logs=None):
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+
+  def raise_if_preempted(self) -> None:
+    if self.preempted_step is not None:
+      raise Preempted(f"preempted (SIGTERM) at step {self.preempted_step}; checkpoint "
+                      f"{self.manager.latest_checkpoint} saved; rerun the same command with the "
+                      "same --workdir to resume")
 
 
 class TensorBoardScalars(keras.callbacks.Callback):

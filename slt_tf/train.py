@@ -7,12 +7,17 @@ Workdir layout:
   tensorboard/train/          losses, AMA losses, fraction of each mask changed per log
   samples/step_*.png, final.png
   ticket.slt                  the ticket (not for method=dense)
+Only the chief writes there; the other workers of a multi-worker run write the same files to a
+temporary directory that is removed at the end (docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 from absl import logging
 import keras
@@ -25,6 +30,7 @@ from slt_tf import callbacks as callbacks_lib
 from slt_tf import data
 from slt_tf import distribution
 from slt_tf import errors
+from slt_tf import evaluation
 from slt_tf import features
 from slt_tf import generators
 from slt_tf import masking
@@ -169,15 +175,19 @@ def build_model(config, strategy, channels: int, real_mean, real_variance):
 
 
 def checkpoint_manager(search, workdir: str) -> tf.train.CheckpointManager:
+  # The metric trackers too, so that a resumed run logs the same averages.
   checkpoint = tf.train.Checkpoint(generator=search.generator, model=search,
-                                   optimizer=search.optimizer)
+                                   optimizer=search.optimizer,
+                                   metrics={t.name: t.variables for t in search.metrics})
   return tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
                                     max_to_keep=3)
 
 
-def restore(manager: tf.train.CheckpointManager) -> int:
-  """Restores the latest checkpoint if any; returns the step. A bad one raises SltError."""
-  path = manager.latest_checkpoint
+def restore(manager: tf.train.CheckpointManager, directory: str | None = None) -> int:
+  """Restores the latest checkpoint of `directory` (default: the manager's) if any; returns the
+  step. A bad one raises SltError. Only checkpoints named in the atomically written
+  `checkpoint` state file count: a save cut short is never loaded."""
+  path = tf.train.latest_checkpoint(directory) if directory else manager.latest_checkpoint
   if path is None:
     return 0
   try:
@@ -197,21 +207,48 @@ def sample_latents(config) -> tf.Tensor:
                           config.generator.latent_dim, stream=0)
 
 
+def shared_real_moments(config, strategy, channels: int) -> tuple[np.ndarray, np.ndarray]:
+  """`real_moments`, computed once by the chief and broadcast bit for bit to every worker."""
+  network = feature_network(config, channels)
+  if distribution.is_chief(strategy):
+    arrays = real_moments(config, network)
+  else:
+    arrays = [np.zeros([network.feature_dim], np.float32)] * 2
+  real_mean, real_variance = distribution.broadcast_from_chief(strategy, list(arrays))
+  return real_mean, real_variance
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        strategy: tf.distribute.Strategy | None = None) -> dict:
-  """Runs (or resumes) the search; returns a summary (step, ticket path, sizes)."""
+  """Runs (or resumes) the search; returns a summary (step, ticket path, sizes, SHA-256).
+
+  Raises:
+    SltError: bad config or workdir; callbacks.NonFiniteError when the loss or a score becomes
+      NaN/Inf (naming the step); callbacks.Preempted after SIGTERM (a checkpoint was saved).
+  """
   validate_config(config)
   prepare_workdir(config, workdir, write=False)
   strategy = strategy or distribution.make_strategy()
+  if distribution.is_chief(strategy):
+    return _train(config, workdir, workdir, strategy)
+  write_dir = tempfile.mkdtemp(prefix="slt_worker_")
+  try:
+    return _train(config, workdir, write_dir, strategy)
+  finally:
+    shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strategy) -> dict:
+  """The run; resumes from `workdir`, writes to `write_dir` (the workdir, or a worker's tmp)."""
   if config.batch_size % strategy.num_replicas_in_sync:
     raise errors.SltError(f"batch_size {config.batch_size} is not divisible by the "
                           f"{strategy.num_replicas_in_sync} replicas")
   channels = data.num_channels(config.dataset.name)
-  real_mean, real_variance = real_moments(config, feature_network(config, channels))
+  real_mean, real_variance = shared_real_moments(config, strategy, channels)
   search = build_model(config, strategy, channels, real_mean, real_variance)
-  manager = checkpoint_manager(search, workdir)
-  start = restore(manager)
-  prepare_workdir(config, workdir)
+  manager = checkpoint_manager(search, write_dir)
+  start = restore(manager, os.path.join(workdir, "checkpoints"))
+  prepare_workdir(config, write_dir)
 
   batch = config.batch_size
   indices = tf.data.Dataset.range(start * batch, config.num_steps * batch).batch(
@@ -219,27 +256,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   upscale = max(1, 64 // config.dataset.image_size)
   callbacks = [
       callbacks_lib.StopOnNonFinite(manager),
-      callbacks_lib.TensorBoardScalars(os.path.join(workdir, "tensorboard", "train"),
+      callbacks_lib.TensorBoardScalars(os.path.join(write_dir, "tensorboard", "train"),
                                        config.log_every_steps),
-      callbacks_lib.SampleGrids(os.path.join(workdir, "samples"), sample_latents(config),
+      callbacks_lib.SampleGrids(os.path.join(write_dir, "samples"), sample_latents(config),
                                 config.sample_every_steps, upscale),
       callbacks_lib.PeriodicCheckpoint(manager, config.checkpoint_every_steps),
   ]
+  preemption = callbacks_lib.PreemptionCheckpoint(manager)
+  callbacks.append(preemption)
+  if config.eval.every_steps:  # FID/KID/PRDC curve on the held-out split (slt_tf.evaluation).
+    callbacks.append(evaluation.PeriodicEvaluation(
+        evaluation.evaluator_from_config(config), os.path.join(write_dir, "tensorboard", "eval"),
+        config.eval.every_steps))
   if start < config.num_steps:
     logging.info("Training steps %d..%d (%d replicas, global batch %d).", start,
                  config.num_steps, strategy.num_replicas_in_sync, batch)
-    search.fit(indices, epochs=1, callbacks=callbacks, verbose=1)
+    if distribution.is_multi_worker(strategy):  # Keras 3.15 fit() fails there: keras#20585.
+      distribution.run_steps(search, strategy, callbacks, start, config.num_steps, batch)
+    else:
+      search.fit(indices, epochs=1, callbacks=callbacks, verbose=1)
+    preemption.raise_if_preempted()
   else:
     logging.info("Workdir already holds step %d >= num_steps; nothing to train.", start)
 
   callbacks_lib.write_sample_grid(search.generator, sample_latents(config),
-                                  os.path.join(workdir, "samples", "final.png"), upscale)
+                                  os.path.join(write_dir, "samples", "final.png"), upscale)
   summary = {"step": callbacks_lib.current_step(search), "workdir": workdir}
   if config.method != "dense":
     ticket = ticket_lib.from_generator(search.generator, {"step": summary["step"]})
-    path = os.path.join(workdir, TICKET_FILE)
+    path = os.path.join(write_dir, TICKET_FILE)
     summary.update(ticket=path, ticket_bytes=ticket_lib.save(ticket, path),
-                   num_weights=ticket.num_weights, num_kept=ticket.num_kept)
+                   num_weights=ticket.num_weights, num_kept=ticket.num_kept,
+                   ticket_sha256=hashlib.sha256(ticket_lib.to_bytes(ticket)).hexdigest())
   summary["dense_fp32_bytes"] = ticket_lib.dense_fp32_bytes(search.generator)
   logging.info("Done: %s", summary)
   return summary
