@@ -188,8 +188,8 @@ def restore_generator(spec: generators.GeneratorSpec, checkpoint_path: str
   generator = generators.build(spec)
   try:
     status = tf.train.Checkpoint(generator=generator).restore(checkpoint_path)
-    status.assert_existing_objects_matched()
     status.expect_partial()  # The model's and optimiser's variables are not needed.
+    status.assert_existing_objects_matched()
   except Exception as e:  # pylint: disable=broad-except  # TF raises many types; re-raised.
     raise errors.SltError(f"cannot restore the generator from checkpoint {checkpoint_path} "
                           f"({type(e).__name__}: {_one_line(e)}); it is corrupt or from "
