@@ -131,3 +131,20 @@ def test_module_run_by_name_in_a_subprocess_counts_as_an_import_satisfied_by_dat
   (tmp_path / "tests" / "BUILD").write_text(
       'pytest_test(name = "train_test", srcs = ["train_test.py"], data = ["//bin:find_ticket"])\n')
   assert check_build_coverage.check(str(tmp_path)) == []
+
+
+def test_fix_adds_the_suggested_target_and_the_missing_dep_to_the_right_stanza(tmp_path):
+  covered_tree(str(tmp_path))
+  build = (tmp_path / "slt_tf" / "BUILD").read_text().replace(
+      'py_library(name = "errors", srcs = ["errors.py"], deps = [":slt_tf"])',
+      'py_library(\n    name = "errors",\n    srcs = ["errors.py"],\n    deps = [":slt_tf"],\n)')
+  write_tree(str(tmp_path), {"slt_tf/BUILD": build,
+                             "slt_tf/errors.py": "import slt_tf.sampling\n",
+                             "slt_tf/sampling.py": ""})
+  for _ in range(2):  # The dep on a new target is fixable once the target exists.
+    check_build_coverage.fix(str(tmp_path), check_build_coverage.check(str(tmp_path)))
+  assert check_build_coverage.check(str(tmp_path)) == []
+  build = (tmp_path / "slt_tf" / "BUILD").read_text()
+  assert '    deps = [\n        ":sampling",\n        ":slt_tf",\n    ],' in build
+  assert 'py_library(name = "masking", srcs = ["masking.py"], deps = [":errors", "//slt_tf"])' in build
+  assert 'py_library(\n    name = "sampling",\n    srcs = ["sampling.py"],' in build

@@ -2,6 +2,7 @@
 
 Usage:
   python tools/check_build_coverage.py [--root=DIR]     # in a checkout (or `bazel run`)
+  python tools/check_build_coverage.py --fix            # ... and apply the suggestions
   bazel test //tests:build_coverage_test                # the same check as a test
 
 It fails (exit code 1) listing, with a ready-to-paste BUILD stanza each:
@@ -341,11 +342,79 @@ def check(root: str) -> list[str]:
   return problems
 
 
+def _insert_stanza(text: str, stanza: str) -> str:
+  """Adds a stanza before the package's `all_files` filegroup (or at the end)."""
+  marker = text.find("# Read by //tests:build_coverage_test")
+  if marker < 0:
+    return text.rstrip("\n") + "\n\n" + stanza + "\n"
+  return text[:marker] + stanza + "\n\n" + text[marker:]
+
+
+def _add_dep(text: str, name: str, label: str) -> Optional[str]:
+  """Adds `label` to the deps of the target `name`; None if that stanza is not found."""
+  lines = text.splitlines(keepends=True)
+  try:
+    at = next(i for i, line in enumerate(lines) if line.strip() == f'name = "{name}",')
+  except StopIteration:
+    return None
+  first = next((i for i in range(at, -1, -1) if re.match(r"\w+\($", lines[i].rstrip())), None)
+  last = next((i for i in range(at, len(lines)) if lines[i].rstrip() == ")"), None)
+  if first is None or last is None:
+    return None
+  stanza = "".join(lines[first:last + 1])
+  deps = re.search(r"^    deps = \[(.*?)\],\n", stanza, re.S | re.M)
+  labels = set(re.findall(r'"([^"]+)"', deps.group(1))) if deps else set()
+  labels.add(label)
+  written = sorted(labels, key=lambda label: (not label.startswith(":"), label))
+  block = "    deps = [\n" + "".join(f'        "{l}",\n' for l in written) + "    ],\n"
+  if deps:
+    stanza = stanza[:deps.start()] + block + stanza[deps.end():]
+  else:
+    stanza = stanza[:-2] + block + ")\n"
+  return "".join(lines[:first]) + stanza + "".join(lines[last + 1:])
+
+
+def fix(root: str, problems: list[str]) -> list[str]:
+  """Applies the problems that have a mechanical fix to the BUILD files; returns the rest."""
+  left = []
+  for problem in problems:
+    covered = re.match(r"(\S+\.py): no BUILD target covers it; add to (\S+):\n(.*)\Z", problem,
+                       re.S)
+    missing = re.match(r'//([^:]*):(\w+): add "([^"]+)" to deps', problem)
+    if covered:
+      build = os.path.join(root, covered.group(2))
+      text = open(build, encoding="utf-8").read() if os.path.exists(build) else ""
+      with open(build, "w", encoding="utf-8") as f:
+        f.write(_insert_stanza(text, covered.group(3)))
+      continue
+    if missing:
+      package, name, label = missing.groups()
+      build = os.path.join(root, package, "BUILD")
+      text = open(build, encoding="utf-8").read()
+      label = _short_label(label, package)
+      new_text = _add_dep(text, name, label)
+      if new_text is not None:
+        with open(build, "w", encoding="utf-8") as f:
+          f.write(new_text)
+        continue
+    left.append(problem)
+  return left
+
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--root", default=default_root(), help="repository root to check")
+  parser.add_argument("--fix", action="store_true",
+                      help="add the suggested targets and missing deps to the BUILD files "
+                      "(review the result: test sizes, data)")
   args = parser.parse_args(argv[1:])
   problems = check(args.root)
+  for _ in range(3 if args.fix else 0):  # A dep on a new target is fixable once it exists.
+    if not problems:
+      break
+    fix(args.root, problems)
+    problems = check(args.root)
   for problem in problems:
     print(problem, file=sys.stderr)
   if problems:
