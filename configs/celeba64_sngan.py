@@ -1,0 +1,14 @@
+"""Paper setting: CelebA 64x64, SNGAN generator (256-channel residual blocks), keep 10%.
+
+Command (needs CelebA prepared in TFDS and InceptionV3 weights or a local weights file):
+  python -m bin.find_ticket --config=configs/celeba64_sngan.py --workdir=runs/celeba64_sngan
+Hyperparameters as in configs/cifar10_resnet.py (method.md). Not run here (CPU only).
+"""
+
+from configs import celeba64_resnet
+
+
+def get_config():
+  config = celeba64_resnet.get_config()
+  config.generator.name = "sngan64"
+  return config

@@ -1,0 +1,33 @@
+"""Paper setting: CIFAR-10 32x32, GFMN ResNet generator, ticket keeping 10%, Inception features.
+
+Command (needs CIFAR-10 prepared in TFDS and InceptionV3 ImageNet weights; offline, pass a
+local file with --config.features.weights=/path/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5):
+  tfds build cifar10 --data_dir=$HOME/tensorflow_datasets
+  python -m bin.find_ticket --config=configs/cifar10_resnet.py --workdir=runs/cifar10_resnet
+Hyperparameters (method.md): Adam on the scores lr 5e-5, betas (0.5, 0.999), batch 64, latent
+128, AMA lr 1e-5; frozen weights N(0, 0.02) and scores U(-0.1, 0.1), as the released code ends
+up initialising them. The paper trains for days on GPUs: not run here (CPU only; a step of this
+generator with Inception features takes seconds on 2 cores). Evaluate with bin/evaluate.py
+(FID on 10k samples against the test split).
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.num_steps = 100_000
+  config.batch_size = 64
+  config.learning_rate = 5e-5
+  config.loss.ama_learning_rate = 1e-5
+  config.dataset.name = "cifar10"
+  config.dataset.image_size = 32
+  config.generator.name = "resnet32"
+  config.generator.weight_init = "normal_002"
+  config.generator.score_init = "uniform_01"
+  config.features.name = "inception_v3"
+  config.checkpoint_every_steps = 2000
+  config.log_every_steps = 100
+  config.sample_every_steps = 2000
+  config.eval.network = "inception_v3"
+  return config
