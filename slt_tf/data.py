@@ -32,6 +32,13 @@ DIGITS = 'digits'
 HELD_OUT_EXAMPLES = 10_000
 # CelebA centre crop (pixels, square) applied to the 218x178 aligned images before resizing.
 CELEB_A_CROP = 140
+
+
+def preprocessing_tag(name: str) -> str:
+  """Names how `load_images` turns stored images into model inputs, for statistics caches:
+  change it whenever that pipeline changes, so stale cached statistics are never reused."""
+  crop = CELEB_A_CROP if _base_and_config(name)[0] == 'celeb_a' else 'square'
+  return f'v1-crop={crop}-bilinear-antialias-range=[-1,1]'
 _MAX_SHUFFLE_BUFFER = 10_000
 
 # Datasets whose `test` split is the held-out evaluation split.

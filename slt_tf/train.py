@@ -148,7 +148,8 @@ def real_moments(config, network) -> tuple[np.ndarray, np.ndarray]:
                             data_dir=config.dataset.data_dir or None)
   key_parts = {"dataset": name, "split": split, "image_size": config.dataset.image_size,
                "data_dir": os.path.abspath(config.dataset.data_dir) if config.dataset.data_dir
-                           else "", "features": config.features.name}
+                           else "", "features": config.features.name,
+               "preprocessing": data.preprocessing_tag(name)}
   return moments.real_feature_moments(network, images, cache_dir=_cache_dir(config),
                                       key_parts=key_parts)
 
