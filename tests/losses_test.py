@@ -11,9 +11,20 @@ from slt_tf import losses
 
 
 def _two_cpu_strategy() -> tf.distribute.MirroredStrategy:
+  """A MirroredStrategy over the two logical CPUs that conftest.py creates.
+
+  Every MirroredStrategy of a process starts at the same collective group and instance keys,
+  so two of them whose all-reduces differ in shape abort each other ("Shape mismatch in the
+  collective instance 100", tensorflow/tensorflow#62790). Like TF's own tests, give each one
+  its own key range (`_collective_key_base`, "only set this in tests"), and move the base on
+  again so that strategies created after this one do not reuse its range either.
+  """
   cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
   assert len(cpus) >= 2, "conftest.py should split the CPU into two logical devices"
-  return tf.distribute.MirroredStrategy(cpus[:2])
+  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
+  strategy = tf.distribute.MirroredStrategy(cpus[:2])
+  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
+  return strategy
 
 
 def _numpy_adam_moving_average(targets, learning_rate, beta_1, beta_2, epsilon):
