@@ -29,7 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator.latent_dim = 128
   config.generator.filters = ()      # () = the architecture's default widths
   config.generator.weight_init = "signed_kaiming_constant"  # | kaiming_normal | normal_002
-  config.generator.score_init = "kaiming_uniform"           # | uniform_01
+  # | uniform_01. With global_edge_popup prefer uniform_01: kaiming_uniform's bound
+  # 1/sqrt(fan_in) makes wide-fan-in layers start (almost) fully masked under one threshold.
+  config.generator.score_init = "kaiming_uniform"
   config.generator.scale_fan = False  # kaiming_normal with fan_in scaled by keep_fraction
   config.generator.mask_bias = False
 
