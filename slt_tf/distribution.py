@@ -122,7 +122,7 @@ def broadcast_from_chief(strategy: tf.distribute.Strategy,
           for value in per_replica]
 
 
-def _replica_indices(start_step: int, num_steps: int, batch_size: int):
+def replica_sample_indices(start_step: int, num_steps: int, batch_size: int):
   """dataset_fn of `distribute_datasets_from_function`: this worker's slices of each global
   batch, one element per local replica in replica order (the MultiDeviceIterator hands
   consecutive elements to consecutive local replicas)."""
@@ -157,7 +157,7 @@ def run_steps(model: keras.Model, strategy: tf.distribute.Strategy, callbacks: l
     raise errors.SltError(f"batch_size {batch_size} is not divisible by the "
                           f"{strategy.num_replicas_in_sync} replicas")
   dataset = strategy.distribute_datasets_from_function(
-      _replica_indices(start_step, num_steps, batch_size))
+      replica_sample_indices(start_step, num_steps, batch_size))
   stoppers = [c for c in callbacks if hasattr(c, "stop_requested")]
 
   def replica_step(sample_indices, stop_flag):
