@@ -1,0 +1,264 @@
+"""The dense-vs-ticket sweep: grid of runs, their commands, the results table and the plot.
+
+The comparison of method.md ("The claim we reproduce"): the dense generator trained with the
+moment-matching loss, tickets at several keep fractions, each over several seeds with the
+same step budget, and the untrained random generator as the floor. `bin/sweep.py` runs it;
+this module holds what can be tested without training: run names, commands, aggregation,
+the CSV / Markdown tables and the figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from slt_tf import errors
+
+DENSE = "dense"
+FLOOR = "untrained"
+# Metrics in the tables (lower is better for fid and kid, higher for the others).
+TABLE_METRICS = ("fid", "kid", "inception_score", "precision", "recall", "density", "coverage")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the sweep: dense, or a ticket keeping `keep_fraction` of the weights."""
+  method: str            # "dense" or "edge_popup"
+  keep_fraction: float | None
+  seed: int
+
+  @property
+  def group(self) -> str:
+    """The table row the run belongs to ("dense" or "keep 0.1")."""
+    return DENSE if self.method == DENSE else f"keep {self.keep_fraction:g}"
+
+  @property
+  def name(self) -> str:
+    """Its workdir name under the sweep's base directory."""
+    return (f"dense_s{self.seed}" if self.method == DENSE
+            else f"keep{self.keep_fraction:g}_s{self.seed}")
+
+
+def grid(seeds: Sequence[int], keep_fractions: Sequence[float]) -> list[Run]:
+  """Seed-major order: every row's first seed comes before any second seed, so a sweep cut
+  short still has one run per row."""
+  for keep in keep_fractions:
+    if not 0.0 < keep <= 1.0:
+      raise errors.SltError(f"keep fractions must be in (0, 1], got {keep}.")
+  if not seeds:
+    raise errors.SltError("the sweep needs at least one seed.")
+  runs = []
+  for seed in seeds:
+    runs.append(Run(DENSE, None, int(seed)))
+    runs.extend(Run("edge_popup", float(keep), int(seed)) for keep in keep_fractions)
+  return runs
+
+
+def train_command(run: Run, *, config: str, workdir: str,
+                  num_steps: int | None = None) -> list[str]:
+  """The bin/find_ticket command line of `run` (a rerun resumes from its checkpoint)."""
+  command = [sys.executable, "-m", "bin.find_ticket", f"--config={config}",
+             f"--workdir={workdir}", f"--config.method={run.method}",
+             f"--config.seed={run.seed}"]
+  if run.method != DENSE:
+    command.append(f"--config.keep_fraction={run.keep_fraction:g}")
+  if num_steps:
+    command.append(f"--config.num_steps={num_steps}")
+  return command
+
+
+def trained_step(workdir: str) -> int:
+  """The step of the latest checkpoint in W/checkpoints (0 when there is none)."""
+  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  return int(path.rsplit("-", 1)[1]) if path else 0
+
+
+def read_metrics(path: str) -> dict[str, Any] | None:
+  """A metrics.json as a dict, or None when the file does not exist."""
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def _row_order(group: str) -> tuple[int, float]:
+  if group == DENSE:
+    return (0, 0.0)
+  if group == FLOOR:
+    return (2, 0.0)
+  return (1, float(group.split()[1]))
+
+
+def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Mean and sample std (ddof=1; 0 for one run) of each metric per row.
+
+  Args:
+    results: per-run dicts with "group" (e.g. "dense", "keep 0.1", "untrained"), "seed" and
+      the metrics of TABLE_METRICS (None values are skipped).
+
+  Returns:
+    One dict per row, dense first, then tickets by keep fraction, then the floor: group,
+    keep_fraction (None for dense and floor), num_runs, seeds, and <metric>_mean, <metric>_std.
+  """
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for result in results:
+    groups.setdefault(result["group"], []).append(result)
+  rows = []
+  for group in sorted(groups, key=_row_order):
+    members = groups[group]
+    row = {"group": group,
+           "keep_fraction": None if group in (DENSE, FLOOR) else float(group.split()[1]),
+           "num_runs": len(members),
+           "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"]))}
+    for metric in TABLE_METRICS:
+      values = np.array([m[metric] for m in members if m.get(metric) is not None], np.float64)
+      row[f"{metric}_mean"] = float(values.mean()) if len(values) else None
+      row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else (
+          0.0 if len(values) else None)
+    rows.append(row)
+  return rows
+
+
+def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
+  """The summary rows as CSV text (one line per row, mean and std columns per metric)."""
+  columns = ["group", "keep_fraction", "num_runs", "seeds"] + [
+      f"{metric}_{stat}" for metric in TABLE_METRICS for stat in ("mean", "std")]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({c: ("" if row.get(c) is None else row[c]) for c in columns})
+  return buffer.getvalue()
+
+
+def runs_csv(results: Sequence[dict[str, Any]]) -> str:
+  """Per-run results as CSV text."""
+  columns = ["group", "seed", "step", "num_samples", "num_real"] + list(TABLE_METRICS) + [
+      "samples_per_second", "peak_memory_mb"]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
+  writer.writeheader()
+  for result in sorted(results, key=lambda r: (_row_order(r["group"]), r["seed"])):
+    writer.writerow({c: ("" if result.get(c) is None else result[c]) for c in columns})
+  return buffer.getvalue()
+
+
+def _mean_std(row: dict[str, Any], metric: str, digits: int) -> str:
+  mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+  if mean is None:
+    return "-"
+  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table: one line per row, `mean ± std` over its seeds, plus FID / dense FID."""
+  dense = next((r for r in rows if r["group"] == DENSE), None)
+  header = ("| row | runs | FID | FID / dense | KID | IS | precision | recall | density | "
+            "coverage |")
+  lines = [header, "|" + "---|" * 10]
+  for row in rows:
+    ratio = "-"
+    if dense is not None and dense["fid_mean"] and row["fid_mean"] is not None:
+      ratio = f"{row['fid_mean'] / dense['fid_mean']:.2f}"
+    lines.append(
+        f"| {row['group']} | {row['num_runs']} | {_mean_std(row, 'fid', 2)} | {ratio} | "
+        f"{_mean_std(row, 'kid', 4)} | {_mean_std(row, 'inception_score', 2)} | "
+        f"{_mean_std(row, 'precision', 3)} | {_mean_std(row, 'recall', 3)} | "
+        f"{_mean_std(row, 'density', 3)} | {_mean_std(row, 'coverage', 3)} |")
+  return "\n".join(lines) + "\n"
+
+
+def claim_verdict(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """The issue's targets checked on the means: keep 0.1 <= 1.1 x dense, keep 0.3 <= dense."""
+  by_group = {row["group"]: row for row in rows}
+  dense = by_group.get(DENSE)
+  if dense is None or dense["fid_mean"] is None:
+    return ["no dense baseline: the claim cannot be checked."]
+  verdicts = []
+  for group, factor in (("keep 0.1", 1.1), ("keep 0.3", 1.0)):
+    row = by_group.get(group)
+    if row is None or row["fid_mean"] is None:
+      verdicts.append(f"{group}: not run.")
+      continue
+    bound = factor * dense["fid_mean"]
+    holds = row["fid_mean"] <= bound
+    verdicts.append(
+        f"{group}: mean FID {row['fid_mean']:.2f} vs {factor:g} x dense "
+        f"{dense['fid_mean']:.2f} = {bound:.2f}: {'holds' if holds else 'does NOT hold'}.")
+  return verdicts
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str, *, title: str = "") -> None:
+  """FID against keep fraction: tickets with seed std error bars, dense as a band (mean ± std),
+  the untrained floor as a dashed line. Writes a PNG (matplotlib, Agg backend)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top  # Only when plotting.
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+
+  tickets = sorted((r for r in rows if r["keep_fraction"] is not None and r["fid_mean"] is not None),
+                   key=lambda r: r["keep_fraction"])
+  by_group = {row["group"]: row for row in rows}
+  figure, axes = pyplot.subplots(figsize=(6, 4), dpi=120)
+  lo, hi = 0.03, 1.0
+  if tickets:
+    lo = min(lo, 0.8 * tickets[0]["keep_fraction"])
+  dense = by_group.get(DENSE)
+  if dense is not None and dense["fid_mean"] is not None:
+    mean, std = dense["fid_mean"], dense["fid_std"] or 0.0
+    axes.axhspan(mean - std, mean + std, color="tab:orange", alpha=0.25)
+    axes.axhline(mean, color="tab:orange", label=f"dense ({dense['num_runs']} seeds)")
+  floor = by_group.get(FLOOR)
+  if floor is not None and floor["fid_mean"] is not None:
+    axes.axhline(floor["fid_mean"], color="tab:gray", linestyle="--",
+                 label="untrained random generator")
+  if tickets:
+    axes.errorbar([r["keep_fraction"] for r in tickets], [r["fid_mean"] for r in tickets],
+                  yerr=[r["fid_std"] or 0.0 for r in tickets], marker="o", capsize=4,
+                  color="tab:blue", label="ticket (edge-popup), mean ± std")
+  axes.set_xscale("log")
+  axes.set_xlim(lo, hi)
+  axes.set_xticks([r["keep_fraction"] for r in tickets] or [0.1])
+  axes.set_xticklabels([f"{r['keep_fraction']:g}" for r in tickets] or ["0.1"])
+  axes.set_xlabel("keep fraction (fraction of weights kept)")
+  axes.set_ylabel("FID (lower is better)")
+  if title:
+    axes.set_title(title, fontsize=9)
+  axes.legend(fontsize=8)
+  axes.grid(alpha=0.3)
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path)
+  pyplot.close(figure)
+
+
+def write_results(results: Sequence[dict[str, Any]], base_dir: str, *, title: str = "") -> dict:
+  """Writes results.csv (summary), runs.csv (per run), results.md and fid_vs_keep_fraction.png.
+
+  Returns:
+    {"rows": summary rows, "verdict": claim_verdict lines, "paths": written files}.
+  """
+  if not results:
+    raise errors.SltError(f"no evaluated runs under {base_dir}: nothing to tabulate.")
+  rows = summarize(results)
+  paths = {name: os.path.join(base_dir, name) for name in
+           ("results.csv", "runs.csv", "results.md", "fid_vs_keep_fraction.png")}
+  verdict = claim_verdict(rows)
+  texts = {
+      "results.csv": summary_csv(rows),
+      "runs.csv": runs_csv(results),
+      "results.md": (summary_markdown(rows) + "\n" + "\n".join(f"- {v}" for v in verdict)
+                     + "\n"),
+  }
+  for name, text in texts.items():
+    with open(paths[name], "w", encoding="utf-8") as f:
+      f.write(text)
+  plot(rows, paths["fid_vs_keep_fraction.png"], title=title)
+  return {"rows": rows, "verdict": verdict, "paths": paths}

@@ -1,0 +1,121 @@
+"""Evaluates a run directory: its latest checkpoint (ticket or dense) on the held-out split.
+
+Workdir files it reads and writes (see `slt_tf.train` for the rest of the layout):
+  config.json                  read: dataset, generator, eval network, eval.num_samples
+  checkpoints/                 read: the latest checkpoint's generator (scores or kernels, BN stats)
+  metrics.json                 written: the final metrics of the latest checkpoint
+  metrics_untrained.json       written with untrained=True: the random generator at step 0
+  tensorboard/eval/            written: TensorBoard scalars eval/<metric> at the evaluated step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import ml_collections
+import tensorflow as tf
+
+from slt_tf import data
+from slt_tf import errors
+from slt_tf import evaluation
+from slt_tf import generators
+from slt_tf import train
+
+METRICS_FILE = "metrics.json"
+UNTRAINED_METRICS_FILE = "metrics_untrained.json"
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's resolved config from W/config.json; SltError when it is missing or broken."""
+  path = os.path.join(workdir, train.CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise errors.SltError(f"{path} does not exist: --workdir must be a run directory written by "
+                          "bin/find_ticket")
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except json.JSONDecodeError as e:
+      raise errors.SltError(f"{path} is not valid JSON ({e})") from e
+
+
+def checkpoint_step(path: str) -> int:
+  """The step of a checkpoint path: the trainer saves step N as `.../ckpt-N`."""
+  try:
+    return int(path.rsplit("-", 1)[1])
+  except (IndexError, ValueError) as e:
+    raise errors.SltError(f"cannot read the step from checkpoint name {path}; expected "
+                          "'.../ckpt-<step>' as bin/find_ticket writes") from e
+
+
+def restore_generator(config: ml_collections.ConfigDict,
+                      workdir: str) -> tuple[generators.Generator, str]:
+  """The generator of the latest checkpoint in W/checkpoints, and that checkpoint's path."""
+  spec = train.generator_spec(config, data.num_channels(config.dataset.name))
+  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  if path is None:
+    raise errors.SltError(f"{workdir}/checkpoints holds no checkpoint: train first "
+                          "(bin/find_ticket) or pass --untrained")
+  generator = generators.build(spec)
+  try:
+    status = tf.train.Checkpoint(generator=generator).restore(path)
+    status.assert_existing_objects_matched()
+    status.expect_partial()  # The optimizer and the model's AMA state are not needed.
+  except Exception as e:  # pylint: disable=broad-except  # TF raises many types; re-raised.
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise errors.SltError(f"cannot restore the generator from {path} ({reason})") from e
+  return generator, path
+
+
+def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size: int = 250,
+                     cache_dir: str | None = None, untrained: bool = False,
+                     progress: bool = False) -> dict[str, Any]:
+  """Evaluates the run in `workdir` and writes its metrics file and TensorBoard scalars.
+
+  The generator runs in inference mode (batch-norm moving statistics) on the fixed latents of
+  `evaluation.EVAL_LATENT_STREAM`; images are quantised to uint8 like the real ones, and
+  only their activations are kept (`evaluation.generated_activations`). Real activations of
+  the held-out split are cached (`evaluation.real_activations`).
+
+  Args:
+    workdir: a run directory of bin/find_ticket.
+    num_samples: generated samples (None: the config's eval.num_samples).
+    batch_size: images per generator / eval network call.
+    cache_dir: cache of the eval network and real activations (None: the config's
+      features.cache_dir, else ~/.cache/slt_tf).
+    untrained: evaluate the generator as initialised (step 0, nothing restored; a ticket
+      uses its initial scores' mask) and write metrics_untrained.json: the floor.
+    progress: show progress bars.
+
+  Returns:
+    The metrics dict that was written (see `evaluation.Evaluator.__call__`, plus step,
+    checkpoint, method, keep_fraction, seed, untrained and seconds).
+  """
+  start_time = time.perf_counter()
+  config = load_config(workdir)
+  if untrained:
+    generator = generators.build(train.generator_spec(config,
+                                                      data.num_channels(config.dataset.name)))
+    checkpoint, step = None, 0
+  else:
+    generator, checkpoint = restore_generator(config, workdir)
+    step = checkpoint_step(checkpoint)
+  evaluator = evaluation.evaluator_from_config(config, num_samples=num_samples,
+                                               batch_size=batch_size, cache_dir=cache_dir,
+                                               progress=progress)
+  metrics = evaluator(generator, progress=progress)
+  metrics.update(step=step, checkpoint=checkpoint, untrained=untrained, method=config.method,
+                 keep_fraction=config.keep_fraction, seed=config.seed,
+                 seconds=time.perf_counter() - start_time)
+  path = os.path.join(workdir, UNTRAINED_METRICS_FILE if untrained else METRICS_FILE)
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    json.dump(metrics, f, indent=2, sort_keys=True)
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  evaluation.write_scalars(os.path.join(workdir, "tensorboard", "eval"), step, metrics)
+  logging.info("Wrote %s: fid=%.4g kid=%.4g; %d samples at %.1f samples/s, peak memory %.0f MiB.",
+               path, metrics["fid"], metrics["kid"], metrics["num_samples"],
+               metrics["samples_per_second"], metrics["peak_memory_mb"])
+  return metrics
