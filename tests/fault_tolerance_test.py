@@ -1,0 +1,137 @@
+"""Long runs survive crashes: SIGKILL + rerun = uninterrupted run, SIGTERM saves, NaN stops."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import test as test_config
+from slt_tf import callbacks as callbacks_lib
+from slt_tf import sampling
+from slt_tf import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def shared_dirs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("shared")
+  return str(base / "tfds"), str(base / "cache")
+
+
+def find_ticket(workdir, shared, *flags):
+  """`python -m bin.find_ticket` on configs/test.py with a random digits_cnn, not started."""
+  command = [sys.executable, "-m", "bin.find_ticket", "--config=configs/test.py",
+             f"--workdir={workdir}", "--config.features.weights=none",
+             f"--config.dataset.data_dir={shared[0]}", f"--config.features.cache_dir={shared[1]}",
+             *flags]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+  _, stderr = process.communicate(timeout=600)
+  return process.returncode, stderr
+
+
+def wait_for(path, process, timeout=600):
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    assert process.poll() is None, f"the run ended before {path} appeared: {finish(process)[1][-3000:]}"
+    assert time.monotonic() < deadline, f"{path} did not appear"
+    time.sleep(0.01)
+
+
+def read(path):
+  with open(path, "rb") as f:
+    return f.read()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shared_dirs, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "w")
+  returncode, stderr = finish(find_ticket(workdir, shared_dirs))
+  assert returncode == 0, stderr[-5000:]
+  return workdir
+
+
+def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(uninterrupted,
+                                                                         shared_dirs, tmp_path):
+  workdir = str(tmp_path / "w")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  process = find_ticket(workdir, shared_dirs)
+  wait_for(os.path.join(checkpoints, "ckpt-20.index"), process)  # Maybe mid-save: fine too.
+  process.send_signal(signal.SIGKILL)
+  finish(process)
+  assert not os.path.exists(os.path.join(workdir, train.TICKET_FILE))
+  # A save cut short by a crash (files on disk, not in the `checkpoint` state) is never loaded.
+  with open(os.path.join(checkpoints, "ckpt-35.index"), "wb") as f:
+    f.write(b"half written")
+  with open(os.path.join(checkpoints, "ckpt-35.data-00000-of-00001"), "wb") as f:
+    f.write(b"\0" * 7)
+  returncode, stderr = finish(find_ticket(workdir, shared_dirs))
+  assert returncode == 0, stderr[-5000:]
+  resumed = re.search(r"Resumed from \S+ckpt-(\d+) at step (\d+)", stderr)
+  assert resumed and resumed.group(1) in ("10", "20"), stderr[-3000:]
+  assert read(os.path.join(workdir, train.TICKET_FILE)) == read(
+      os.path.join(uninterrupted, train.TICKET_FILE))
+
+
+def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(shared_dirs, tmp_path):
+  workdir = str(tmp_path / "w")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  process = find_ticket(workdir, shared_dirs, "--config.num_steps=400")
+  wait_for(os.path.join(checkpoints, "ckpt-10.index"), process)
+  time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  returncode, stderr = finish(process)
+  assert returncode != 0
+  last = stderr.strip().splitlines()[-1]
+  stopped = re.fullmatch(r"find_ticket: error: preempted \(SIGTERM\) at step (\d+); checkpoint "
+                         r"\S+ saved; rerun the same command with the same --workdir to resume",
+                         last)
+  assert stopped, last
+  step = int(stopped.group(1))
+  assert 10 <= step < 400
+  assert tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{step}")
+  assert os.path.exists(os.path.join(checkpoints, f"ckpt-{step}.index"))
+  assert not os.path.exists(os.path.join(workdir, train.TICKET_FILE))
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(checkpoints))
+  assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == step
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    uninterrupted, shared_dirs, tmp_path, monkeypatch):
+  del uninterrupted  # Only for the prepared data and cached real moments it leaves.
+  config = test_config.get_config()
+  config.features.weights = "none"
+  config.dataset.data_dir, config.features.cache_dir = shared_dirs
+  poisoned_from = 25 * config.batch_size  # Latents of step 26 onwards are NaN.
+  clean_latents = sampling.latents
+
+  def poisoned_latents(seeds, latent_dim, stream=0):
+    z = clean_latents(seeds, latent_dim, stream)  # (N, latent_dim)
+    poisoned = tf.cast(tf.reshape(seeds, [-1]), tf.int64) >= poisoned_from
+    return tf.where(poisoned[:, None], tf.fill(tf.shape(z), float("nan")), z)
+
+  monkeypatch.setattr(sampling, "latents", poisoned_latents)
+  workdir = str(tmp_path / "w")
+  with pytest.raises(callbacks_lib.NonFiniteError, match=r"at step 26; stopped\. The last good "
+                     r"checkpoint is kept: \S+ckpt-20"):
+    train.train_and_evaluate(config, workdir)
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  assert latest.endswith("ckpt-20")
+  reader = tf.train.load_checkpoint(latest)
+  for name in reader.get_variable_to_shape_map():
+    value = reader.get_tensor(name)
+    if np.issubdtype(np.asarray(value).dtype, np.floating):
+      assert np.all(np.isfinite(value)), name
+  assert not os.path.exists(os.path.join(workdir, train.TICKET_FILE))
