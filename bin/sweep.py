@@ -34,6 +34,11 @@ _TRAIN = flags.DEFINE_bool("train", True, "Train unfinished runs; with --notrain
                            "runs are evaluated and tabulated.")
 _DENSE_OVERRIDES = flags.DEFINE_list("dense_overrides", [], "Config overrides KEY=VALUE for the "
                                      "dense runs only (e.g. learning_rate=5e-4).")
+_DENSE_BASE_DIR = flags.DEFINE_string("dense_base_dir", None, "Directory of the dense runs "
+                                      "(default: --base_dir), e.g. for a dense learning-rate "
+                                      "variant next to the same tickets.")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Where the tables and the plot go "
+                                   "(default: --base_dir).")
 _FLOOR = flags.DEFINE_bool("floor", True, "Evaluate the untrained generator of each dense run.")
 
 
@@ -62,14 +67,16 @@ def main(argv):
   results, missing = [], []
   start_time = time.time()
   for run in runs:
-    workdir = os.path.join(base_dir, run.name)
+    run_dir = (_DENSE_BASE_DIR.value or base_dir) if run.method == sweep.DENSE else base_dir
+    workdir = os.path.join(run_dir, run.name)
     if _TRAIN.value and sweep.trained_step(workdir) < num_steps:
       command = sweep.train_command(run, config=_CONFIG.value, workdir=workdir,
                                     num_steps=num_steps)
       if run.method == sweep.DENSE:
         command += [f"--config.{override}" for override in _DENSE_OVERRIDES.value]
       logging.info("Training %s: %s", run.name, " ".join(command))
-      with open(os.path.join(base_dir, f"{run.name}.train.log"), "a") as log:
+      os.makedirs(run_dir, exist_ok=True)
+      with open(os.path.join(run_dir, f"{run.name}.train.log"), "a") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
     step = sweep.trained_step(workdir)
     if step < num_steps:
@@ -87,8 +94,12 @@ def main(argv):
         floor = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value,
                                                     untrained=True)
       results.append(dict(floor, group=sweep.FLOOR, seed=run.seed))
+  results_dir = _RESULTS_DIR.value or base_dir
+  os.makedirs(results_dir, exist_ok=True)
+  dense_note = f", dense {' '.join(_DENSE_OVERRIDES.value)}" if _DENSE_OVERRIDES.value else ""
   written = sweep.write_results(
-      results, base_dir, title=f"{_CONFIG.value}, {num_steps} steps, {_NUM_SAMPLES.value} samples")
+      results, results_dir,
+      title=f"{_CONFIG.value}, {num_steps} steps, {_NUM_SAMPLES.value} samples{dense_note}")
   print(open(written["paths"]["results.md"], encoding="utf-8").read())
   if missing:
     print("Not finished (left out of the table): " + ", ".join(missing))

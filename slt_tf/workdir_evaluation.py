@@ -54,12 +54,12 @@ def checkpoint_step(path: str) -> int:
 def restore_generator(config: ml_collections.ConfigDict,
                       workdir: str) -> tuple[generators.Generator, str]:
   """The generator of the latest checkpoint in W/checkpoints, and that checkpoint's path."""
-  spec = train.generator_spec(config, data.num_channels(config.dataset.name))
   path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
   if path is None:
     raise errors.SltError(f"{workdir}/checkpoints holds no checkpoint: train first "
                           "(bin/find_ticket) or pass --untrained")
-  generator = generators.build(spec)
+  generator = generators.build(train.generator_spec(config,
+                                                    data.num_channels(config.dataset.name)))
   try:
     status = tf.train.Checkpoint(generator=generator).restore(path)
     status.assert_existing_objects_matched()

@@ -14,6 +14,8 @@ import scipy.special
 import tensorflow as tf
 
 from slt_tf import evaluation
+from slt_tf import images
+from slt_tf import sampling
 from slt_tf.errors import SltError
 
 
@@ -482,6 +484,126 @@ class ComputeMetricsTest(tf.test.TestCase):
                                          rng.normal(size=(20, 3)), None)
     self.assertIsNone(metrics["inception_score"])
     self.assertIsNotNone(metrics["fid"])
+
+
+
+class _FakeGenerator:
+  """latents [B, latent_dim] -> images [B, 4, 4, 3] in [-1, 1]; records the latents it saw."""
+
+  class spec:  # pylint: disable=invalid-name  # Mimics GeneratorSpec.latent_dim.
+    latent_dim = 6
+
+  def __init__(self, shift=0.0):
+    self.shift = shift
+    self.training_flags = []
+    rng = np.random.default_rng(5)
+    self.kernel = rng.normal(size=(6, 48)).astype(np.float32)
+
+  def __call__(self, z, training=False):
+    self.training_flags.append(training)
+    return tf.reshape(tf.tanh(tf.matmul(z, self.kernel) + self.shift), [-1, 4, 4, 3])
+
+
+def _evaluator(num_samples=40, batch_size=16):
+  network = _ProjectionNetwork(record_batches=False)
+  real = evaluation.dequantize(_uint8_images(50, seed=3))
+  real_embeddings, real_logits = (np.asarray(t) for t in network(real))
+  return evaluation.Evaluator(network, real_embeddings, real_logits, num_samples=num_samples,
+                              batch_size=batch_size, info={"split": "test"})
+
+
+class EvaluatorTest(tf.test.TestCase):
+
+  def test_evaluator_scores_the_generator_on_fixed_evaluation_latents(self):
+    evaluator = _evaluator()
+    generator = _FakeGenerator()
+    metrics = evaluator(generator)
+    # Reference: the same latents (stream EVAL_LATENT_STREAM, indices 0..39) in one batch.
+    z = sampling.latents(tf.range(40, dtype=tf.int64), 6, evaluation.EVAL_LATENT_STREAM)
+    images = evaluation.dequantize(evaluation.quantize_to_uint8(generator(z)))
+    fake_embeddings, fake_logits = evaluator.eval_network(images)
+    expected = evaluation.compute_metrics(evaluator.real_embeddings, evaluator.real_logits,
+                                          np.asarray(fake_embeddings), np.asarray(fake_logits))
+    for key, value in expected.items():
+      if value is None:
+        self.assertIsNone(metrics[key])
+      else:
+        self.assertAllClose(metrics[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    self.assertEqual(metrics["num_samples"], 40)
+    self.assertEqual(metrics["num_real"], 50)
+    self.assertEqual(metrics["split"], "test")
+    self.assertEqual(metrics["eval_network"], "projection")
+    self.assertGreater(metrics["samples_per_second"], 0)
+    self.assertGreater(metrics["peak_memory_mb"], 0)
+
+  def test_evaluator_runs_the_generator_in_inference_mode(self):
+    generator = _FakeGenerator()
+    _evaluator()(generator)
+    self.assertTrue(generator.training_flags)
+    self.assertNotIn(True, generator.training_flags)
+
+  def test_evaluator_is_deterministic_and_sees_generator_changes(self):
+    evaluator = _evaluator()
+    first, again = evaluator(_FakeGenerator()), evaluator(_FakeGenerator())
+    self.assertEqual(first["fid"], again["fid"])
+    self.assertNotEqual(first["fid"], evaluator(_FakeGenerator(shift=0.7))["fid"])
+
+  def test_evaluator_rejects_too_few_samples(self):
+    with self.assertRaisesRegex(SltError, "num_samples"):
+      _evaluator(num_samples=1)
+
+  def test_default_eval_network_is_the_digits_cnn_only_for_digits(self):
+    self.assertEqual(evaluation.default_eval_network("digits"), "digits_eval_cnn")
+    self.assertEqual(evaluation.default_eval_network("cifar10"), "inception_v3")
+
+  def test_quantize_to_uint8_is_the_images_module_conversion(self):
+    values = tf.random.stateless_uniform([200], seed=[3, 4], minval=-1.2, maxval=1.2)
+    self.assertAllEqual(evaluation.quantize_to_uint8(values), images.to_uint8(values))
+
+
+class _FakeModel:
+
+  def __init__(self, generator):
+    self.generator = generator
+    self.optimizer = type("Optimizer", (), {})()
+    self.optimizer.iterations = tf.Variable(0, dtype=tf.int64)
+
+
+class PeriodicEvaluationTest(tf.test.TestCase):
+
+  def _scalars(self, log_dir):
+    steps = {}
+    for name in os.listdir(log_dir):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
+        for value in event.summary.value:
+          steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+  def test_evaluates_every_n_steps_and_once_at_the_end(self):
+    log_dir = os.path.join(self.get_temp_dir(), "eval_every")
+    callback = evaluation.PeriodicEvaluation(_evaluator(num_samples=20), log_dir, every_steps=2)
+    model = _FakeModel(_FakeGenerator())
+    callback.set_model(model)
+    for step in range(1, 6):
+      model.optimizer.iterations.assign(step)
+      callback.on_train_batch_end(step - 1)
+    callback.on_train_end()
+    self.assertEqual(sorted(self._scalars(log_dir)["eval/fid"]), [2, 4, 5])
+    self.assertIn("eval/precision", self._scalars(log_dir))
+
+  def test_end_of_training_on_an_evaluated_step_does_not_evaluate_twice(self):
+    log_dir = os.path.join(self.get_temp_dir(), "eval_once")
+    callback = evaluation.PeriodicEvaluation(_evaluator(num_samples=20), log_dir, every_steps=3)
+    model = _FakeModel(_FakeGenerator())
+    callback.set_model(model)
+    model.optimizer.iterations.assign(3)
+    callback.on_train_batch_end(2)
+    callback.on_train_end()
+    self.assertEqual(self._scalars(log_dir)["eval/fid"], [3])
+
+  def test_rejects_non_positive_period(self):
+    with self.assertRaisesRegex(SltError, "every_steps"):
+      evaluation.PeriodicEvaluation(_evaluator(), self.get_temp_dir(), every_steps=0)
 
 
 if __name__ == "__main__":
