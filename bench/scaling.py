@@ -32,8 +32,7 @@ _CALLS = flags.DEFINE_integer("moment_calls", 200, "Moment computations per roun
 
 
 def _strategies():
-  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-  return {1: tf.distribute.MirroredStrategy(cpus[:1]), 2: tf.distribute.MirroredStrategy(cpus[:2])}
+  return {r: distribution.logical_cpu_strategy(r) for r in (1, 2)}
 
 
 def _real_moments(config, channels):

@@ -17,6 +17,7 @@ Multi-worker runs (MultiWorkerMirroredStrategy from TF_CONFIG) train with `run_s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -43,6 +44,21 @@ def split_cpu(num_replicas: int) -> None:
     if logical != num_replicas:
       raise errors.SltError(f"cannot split the CPU into {num_replicas} devices after TensorFlow "
                             f"started ({logical} already): set it first") from e
+
+
+@functools.lru_cache(maxsize=None)
+def logical_cpu_strategy(num_replicas: int) -> tf.distribute.MirroredStrategy:
+  """A MirroredStrategy over the first `num_replicas` logical CPUs, one per process and count.
+
+  Several MirroredStrategy objects over the same devices in one process reuse collective
+  instance keys, and their all-reduces can then collide ("Shape mismatch in the collective
+  instance"); tests and benchmarks that need several runs share this one.
+  """
+  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+  if len(cpus) < num_replicas:
+    raise errors.SltError(f"{num_replicas} CPU replicas asked, {len(cpus)} logical CPUs exist; "
+                          "split the CPU first (split_cpu)")
+  return tf.distribute.MirroredStrategy(cpus[:num_replicas])
 
 
 def _tf_config_workers() -> int:

@@ -1,6 +1,5 @@
 """Global-batch semantics on several replicas: same step, same ticket, same moments, same z."""
 
-import functools
 import json
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
@@ -17,13 +16,8 @@ from slt_tf import ticket as ticket_lib
 from slt_tf import train
 
 
-@functools.lru_cache(maxsize=None)
 def _strategy(num_replicas):
-  """One strategy per replica count for the whole module: several MirroredStrategy objects over
-  the same devices reuse collective instance keys, and their all-reduces then collide."""
-  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-  assert len(cpus) >= 2, "conftest.py should split the CPU into two logical devices"
-  return tf.distribute.MirroredStrategy(cpus[:num_replicas])
+  return distribution.logical_cpu_strategy(num_replicas)
 
 
 def _config(data_dir="", cache_dir=""):

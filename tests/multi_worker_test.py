@@ -2,7 +2,6 @@
 of a single process; only the chief writes to the workdir."""
 
 import ast
-import functools
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from configs import test as test_config
+from slt_tf import distribution
 from slt_tf import ticket as ticket_lib
 from slt_tf import train
 
@@ -32,10 +32,8 @@ def free_ports(count):
   return ports
 
 
-@functools.lru_cache(maxsize=None)
 def _strategy(num_replicas):
-  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-  return tf.distribute.MirroredStrategy(cpus[:num_replicas])
+  return distribution.logical_cpu_strategy(num_replicas)
 
 
 @pytest.fixture(scope="module")
