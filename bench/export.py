@@ -41,7 +41,8 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", None,
 _KEEP_FRACTION = flags.DEFINE_float("keep_fraction", 0.1, "Fraction of weights kept.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Latency batch.", lower_bound=1)
 _REPETITIONS = flags.DEFINE_integer(
-    "repetitions", 9, "Interleaved repetitions (baked, dense, dense, baked, ...).", lower_bound=1)
+    "repetitions", 9, "Interleaved repetitions (the model order reverses every time).",
+    lower_bound=1)
 _CALLS = flags.DEFINE_integer("calls", 3, "Calls per repetition and model.", lower_bound=1)
 _SAMPLES_BATCH_SIZE = flags.DEFINE_integer(
     "samples_batch_size", 64, "Seeds per generate_uint8 call for samples/s.", lower_bound=1)

@@ -11,7 +11,7 @@ and the tensorflow/serving docker image expect):
 
 Signatures:
   serving_default  z float32 [N, latent_dim]  -> images float32 [N, H, W, C] in [-1, 1]
-  generate_uint8   seeds int64 [N]            -> images uint8 [N, H, W, C]
+  generate_uint8   seeds int64 [N]            -> images uint8 [N, H, W, C] (slt_tf.images.to_uint8)
   generate_png     seeds int64 [N]            -> images_bytes string [N] (one PNG per image;
                    TF Serving's REST API returns outputs named *_bytes as {"b64": ...})
 
