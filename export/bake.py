@@ -34,8 +34,8 @@ from slt_tf import generators
 from slt_tf import ticket as ticket_lib
 
 CHECKPOINT_DIR = "checkpoints"
-# bin/find_ticket's file names (slt_tf/train.py), repeated here so that reading a workdir's
-# spec does not import the training stack; bake_test checks that they agree.
+# bin/find_ticket's file names (slt_tf/train.py), repeated here so that exporting a ticket
+# file never imports the training stack; bake_test checks that they agree.
 CONFIG_FILE = "config.json"
 TICKET_FILE = "ticket.slt"
 
