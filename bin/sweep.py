@@ -100,7 +100,8 @@ def main(argv):
   written = sweep.write_results(
       results, results_dir,
       title=f"{_CONFIG.value}, {num_steps} steps, {_NUM_SAMPLES.value} samples{dense_note}")
-  print(open(written["paths"]["results.md"], encoding="utf-8").read())
+  with open(written["paths"]["results.md"], encoding="utf-8") as f:
+    print(f.read())
   if missing:
     print("Not finished (left out of the table): " + ", ".join(missing))
   print(f"Wrote {', '.join(written['paths'].values())} in {time.time() - start_time:.0f} s.")
