@@ -5,7 +5,10 @@
 1. Streams `num_samples` images of a random DCGAN generator (a ticket at keep 0.1) through a
    random-weight digits_eval_cnn with `evaluation.generated_activations`, and prints the
    samples per second and the growth of peak resident memory next to the bytes that holding
-   every image at once would take (the streaming target: growth well below that).
+   every image at once would take. Streaming keeps the growth independent of num_samples
+   (only the activations grow); for tiny digits images the growth is TensorFlow's working
+   memory and can exceed the images' bytes, the saving shows at large sizes (10,000
+   Inception inputs of 299x299x3 float32 are 10 GiB).
 2. PRDC on random 2048-d features of `prdc_samples` real and fake points: time and peak memory
    growth with the default block size next to the full N x N float64 distance matrix it avoids.
 3. FID and KID times on the same features.
