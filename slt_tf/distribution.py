@@ -77,7 +77,10 @@ def _tf_config_workers() -> int:
 def make_strategy(kind: str = "auto", cpu_replicas: int = 0) -> tf.distribute.Strategy:
   """Returns the strategy for `kind`.
 
-  auto: multi_worker when TF_CONFIG names a cluster of several tasks, else mirrored.
+  auto: multi_worker when TF_CONFIG names a cluster of several tasks, else mirrored; on a
+  machine with no GPU and no --cpu_replicas, TF's default (single-device) strategy, which does
+  the same computation as a one-device MirroredStrategy without its per-step overhead
+  (measured on the digits default: 142 vs 300 ms per step on 2 CPU cores).
   mirrored: MirroredStrategy over all local GPUs, else over the CPU (over `cpu_replicas`
   logical CPUs when > 1). one_device: the first GPU or the CPU.
   multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG (collectives chosen by TF: NCCL on
@@ -98,6 +101,8 @@ def make_strategy(kind: str = "auto", cpu_replicas: int = 0) -> tf.distribute.St
   if gpus:
     return tf.distribute.MirroredStrategy()
   cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+  if kind == "auto" and cpu_replicas <= 1:
+    return tf.distribute.get_strategy()
   if cpu_replicas > 1:
     if len(cpus) < cpu_replicas:
       raise errors.SltError(f"{cpu_replicas} CPU replicas asked, {len(cpus)} logical CPUs exist")

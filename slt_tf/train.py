@@ -170,7 +170,7 @@ def build_model(config, strategy, channels: int, real_mean, real_variance):
                                     latent_seed=config.seed,
                                     ama_learning_rate=config.loss.ama_learning_rate)
     optimizer = _optimizer(config)
-    search.compile(optimizer=optimizer)
+    search.compile(optimizer=optimizer, jit_compile=False)
     optimizer.build(generator.trainable_variables)
   return search
 

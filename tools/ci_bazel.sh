@@ -30,3 +30,15 @@ fi
 trap 'bazel shutdown >/dev/null 2>&1 || true' EXIT
 
 bazel test //... --keep_going "$@"
+
+# `bazel run //bin:find_ticket` and `python -m bin.find_ticket` with the same arguments must
+# write the same ticket, byte for byte.
+out=$(mktemp -d)
+args=(--config=configs/test.py --config.features.weights=none)
+bazel run //bin:find_ticket -- "${args[@]}" --workdir="$out/bazel" >"$out/bazel.log" 2>&1 \
+  || { tail -20 "$out/bazel.log"; exit 1; }
+tools/python3.sh -m bin.find_ticket "${args[@]}" --workdir="$out/python" >"$out/python.log" 2>&1 \
+  || { tail -20 "$out/python.log"; exit 1; }
+cmp "$out/bazel/ticket.slt" "$out/python/ticket.slt"
+echo "ci_bazel.sh: bazel run and python -m wrote the same ticket ($(wc -c <"$out/bazel/ticket.slt") bytes)"
+rm -rf "$out"
