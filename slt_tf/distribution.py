@@ -103,11 +103,7 @@ def make_strategy(kind: str = "auto", cpu_replicas: int = 0) -> tf.distribute.St
   cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
   if kind == "auto" and cpu_replicas <= 1:
     return tf.distribute.get_strategy()
-  if cpu_replicas > 1:
-    if len(cpus) < cpu_replicas:
-      raise errors.SltError(f"{cpu_replicas} CPU replicas asked, {len(cpus)} logical CPUs exist")
-    return tf.distribute.MirroredStrategy(cpus[:cpu_replicas])
-  return tf.distribute.MirroredStrategy(cpus[:1])
+  return logical_cpu_strategy(max(1, cpu_replicas))
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:

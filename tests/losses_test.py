@@ -7,24 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from slt_tf import distribution
 from slt_tf import losses
-
-
-def _two_cpu_strategy() -> tf.distribute.MirroredStrategy:
-  """A MirroredStrategy over the two logical CPUs that conftest.py creates.
-
-  Every MirroredStrategy of a process starts at the same collective group and instance keys,
-  so two of them whose all-reduces differ in shape abort each other ("Shape mismatch in the
-  collective instance 100", tensorflow/tensorflow#62790). Like TF's own tests, give each one
-  its own key range (`_collective_key_base`, "only set this in tests"), and move the base on
-  again so that strategies created after this one do not reuse its range either.
-  """
-  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-  assert len(cpus) >= 2, "conftest.py should split the CPU into two logical devices"
-  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
-  strategy = tf.distribute.MirroredStrategy(cpus[:2])
-  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
-  return strategy
 
 
 def _numpy_adam_moving_average(targets, learning_rate, beta_1, beta_2, epsilon):
@@ -117,7 +101,7 @@ def _per_replica(strategy, halves):
 
 
 def test_global_batch_moments_under_mirrored_strategy_are_the_global_moments_on_every_replica():
-  strategy = _two_cpu_strategy()
+  strategy = distribution.logical_cpu_strategy(2)
   features = _features()
   halves = np.split(features, 2)
   local = _per_replica(strategy, halves)
@@ -186,7 +170,7 @@ def test_surrogate_gradient_equals_autodiff_gradient_of_the_true_moment_loss():
 
 
 def test_surrogate_gradients_under_mirrored_strategy_concatenate_to_the_full_batch_gradient():
-  strategy = _two_cpu_strategy()
+  strategy = distribution.logical_cpu_strategy(2)
   features = _features(seed=4)
   real_mean, real_variance, mean_weights, variance_weights = _loss_inputs(seed=5)
   expected = _autodiff_true_loss_gradient(features, real_mean, real_variance, mean_weights,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from slt_tf import distribution
 from slt_tf import masking
 from slt_tf.errors import SltError
 
@@ -258,27 +259,10 @@ def test_validate_keep_fraction_accepts_one_and_tiny_positive_values():
   masking.validate_keep_fraction(1e-6)
 
 
-def _two_cpu_strategy() -> tf.distribute.MirroredStrategy:
-  """A MirroredStrategy over the two logical CPUs that conftest.py creates.
-
-  Every MirroredStrategy of a process starts at the same collective group and instance keys,
-  so two of them whose all-reduces differ in shape abort each other ("Shape mismatch in the
-  collective instance 100", tensorflow/tensorflow#62790). Like TF's own tests, give each one
-  its own key range (`_collective_key_base`, "only set this in tests"), and move the base on
-  again so that strategies created after this one do not reuse its range either.
-  """
-  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-  assert len(cpus) >= 2, "conftest.py should split the CPU into two logical devices"
-  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
-  strategy = tf.distribute.MirroredStrategy(cpus[:2])
-  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
-  return strategy
-
-
 def test_global_top_k_shared_step_gives_each_mirrored_replica_its_own_gradients():
   # MirroredStrategy traces replicas in threads that interleave at cross-replica syncs: a
   # shared mask cache would hand replica 0 the masks of replica 1 (and no gradient).
-  strategy = _two_cpu_strategy()
+  strategy = distribution.logical_cpu_strategy(2)
   rng = np.random.default_rng(6)
   initial = [rng.standard_normal(shape).astype(np.float32) for shape in SHAPES]
   upstreams = [rng.standard_normal(shape).astype(np.float32) for shape in SHAPES]

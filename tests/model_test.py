@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from slt_tf import distribution
 from slt_tf import generators
 from slt_tf import model as model_lib
 from slt_tf import sampling
@@ -162,26 +163,9 @@ def test_one_step_loss_and_score_update_equal_references_of_the_true_moment_loss
     np.testing.assert_allclose(step, gradient.numpy(), rtol=0, atol=1e-3 * scale)
 
 
-def _two_cpu_strategy() -> tf.distribute.MirroredStrategy:
-  """A MirroredStrategy over the two logical CPUs that conftest.py creates.
-
-  Every MirroredStrategy of a process starts at the same collective group and instance keys,
-  so two of them whose all-reduces differ in shape abort each other ("Shape mismatch in the
-  collective instance 100", tensorflow/tensorflow#62790). Like TF's own tests, give each one
-  its own key range (`_collective_key_base`, "only set this in tests"), and move the base on
-  again so that strategies created after this one do not reuse its range either.
-  """
-  cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-  assert len(cpus) >= 2, "conftest.py should split the CPU into two logical devices"
-  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
-  strategy = tf.distribute.MirroredStrategy(cpus[:2])
-  tf.distribute.MirroredStrategy._collective_key_base += 10_000  # pylint: disable=protected-access
-  return strategy
-
-
 def _one_step(mode, method):
   """Scores, BN statistics, AMA values and loss after one SGD step in `mode`."""
-  strategy = _two_cpu_strategy() if mode == "mirrored" else None
+  strategy = distribution.logical_cpu_strategy(2) if mode == "mirrored" else None
   search = _search(method, optimizer=keras.optimizers.SGD(0.5), strategy=strategy,
                    run_eagerly=mode == "eager", ama_learning_rate=1e-2)
   history = search.fit(_indices(1), epochs=1, verbose=0, shuffle=False).history
