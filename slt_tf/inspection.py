@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from slt_tf import errors
+from slt_tf import checkpoints
 from slt_tf import generators
 from slt_tf import ticket as ticket_lib
 
@@ -16,12 +16,7 @@ def _checkpointed_generator(spec: generators.GeneratorSpec, workdir: str):
   path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
   if path is None:
     return None, None
-  generator = generators.build(spec)
-  try:
-    tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
-  except Exception as e:  # pylint: disable=broad-except  # TF raises many types; re-raised.
-    raise errors.SltError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
-  return generator, path
+  return checkpoints.restore_generator(spec, path), path
 
 
 def inspect_workdir(workdir: str) -> dict:

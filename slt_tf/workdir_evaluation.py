@@ -19,6 +19,7 @@ from absl import logging
 import ml_collections
 import tensorflow as tf
 
+from slt_tf import checkpoints
 from slt_tf import data
 from slt_tf import errors
 from slt_tf import evaluation
@@ -58,15 +59,8 @@ def restore_generator(config: ml_collections.ConfigDict,
   if path is None:
     raise errors.SltError(f"{workdir}/checkpoints holds no checkpoint: train first "
                           "(bin/find_ticket) or pass --untrained")
-  generator = generators.build(train.generator_spec(config,
-                                                    data.num_channels(config.dataset.name)))
-  try:
-    status = tf.train.Checkpoint(generator=generator).restore(path)
-    status.assert_existing_objects_matched()
-    status.expect_partial()  # The optimizer and the model's AMA state are not needed.
-  except Exception as e:  # pylint: disable=broad-except  # TF raises many types; re-raised.
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise errors.SltError(f"cannot restore the generator from {path} ({reason})") from e
+  spec = train.generator_spec(config, data.num_channels(config.dataset.name))
+  generator = checkpoints.restore_generator(spec, path)
   return generator, path
 
 
