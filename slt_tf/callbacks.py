@@ -22,14 +22,19 @@ def current_step(model: keras.Model) -> int:
   return int(model.optimizer.iterations.numpy())
 
 
+NON_FINITE = "non_finite"  # The step output flagging NaN/Inf in updated variables (model.py).
+
+
 class NonFiniteError(errors.SltError):
   """The loss or a trained variable became NaN or Inf."""
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
-  """Stops the run when the loss is NaN/Inf, naming the step; nothing is saved after it.
+  """Stops the run when the loss or an updated variable is NaN/Inf, naming the step.
 
-  Placed first among the callbacks, so the checkpoint callback never saves that step.
+  The model's step reports `model.NON_FINITE` (exact: checked on the updated variables, not on
+  NaN propagating through the network). Placed first among the callbacks, so the checkpoint
+  callback never saves that step.
   """
 
   def __init__(self, manager: tf.train.CheckpointManager):
@@ -37,11 +42,17 @@ class StopOnNonFinite(keras.callbacks.Callback):
     self.manager = manager
 
   def on_train_batch_end(self, batch, logs=None):
-    for name, value in (logs or {}).items():
-      if not math.isfinite(float(value)):
-        raise NonFiniteError(
-            f"{name} became {float(value)} at step {current_step(self.model)}; stopped. The last "
-            f"good checkpoint is kept: {self.manager.latest_checkpoint or 'none was written'}")
+    logs = dict(logs or {})
+    what = None
+    if float(logs.pop(NON_FINITE, 0.0)) != 0.0:
+      what = "a trained variable became NaN or Inf"
+    for name, value in logs.items():
+      if what is None and not math.isfinite(float(value)):
+        what = f"{name} became {float(value)}"
+    if what is not None:
+      raise NonFiniteError(
+          f"{what} at step {current_step(self.model)}; stopped. The last good checkpoint is "
+          f"kept: {self.manager.latest_checkpoint or 'none was written'}")
 
 
 class Preempted(errors.SltError):
@@ -153,7 +164,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
     step = current_step(self.model)
     if step % self.every_steps:
       return
-    logs = logs or {}
+    logs = {k: v for k, v in (logs or {}).items() if k != NON_FINITE}
     with self.writer.as_default(step=step):
       for name, value in logs.items():
         tf.summary.scalar(f"train/{name}", float(value))

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from slt_tf import callbacks
 from slt_tf import generators
 from slt_tf import losses
 from slt_tf import sampling
@@ -81,10 +82,19 @@ class TicketSearch(keras.Model):
     self.optimizer.apply_gradients(zip(gradients, trainable))
     loss = (tf.reduce_sum(mean_weights * mean_gap)
             + tf.reduce_sum(variance_weights * variance_gap))
+    # The guard of callbacks.StopOnNonFinite: 1.0 when an updated trained variable (or the AMA
+    # state) holds NaN/Inf. Checked on the variables after the all-reduced update, so it is exact
+    # and the same on every replica, whatever a CPU's kernels do with NaN inside the network
+    # (oneDNN's ReLU maps NaN to 0 on some CPUs, so the loss alone can stay finite).
+    updated = trainable + [self.ama_mean.value, self.ama_variance.value]
+    non_finite = 1.0 - tf.cast(tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(v)) for v in updated]), tf.float32)
     values = {"loss": loss, "mean_loss": tf.reduce_mean(tf.square(mean_gap)),
               "variance_loss": tf.reduce_mean(tf.square(variance_gap)),
               "ama_mean_loss": ama_mean_loss, "ama_variance_loss": ama_variance_loss}
     for name, value in values.items():
       self.trackers[name].update_state(value)
-    return {name: tracker.result() for name, tracker in self.trackers.items()}
+    logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+    logs[callbacks.NON_FINITE] = non_finite
+    return logs
 

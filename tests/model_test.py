@@ -192,3 +192,16 @@ def test_one_step_is_the_same_eagerly_in_tf_function_and_mirrored_over_two_cpus(
       np.testing.assert_allclose(other[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
     if key.endswith("/scores"):  # The step is not a no-op.
       assert np.abs(value - initial[key.split("/")[0]]).max() > 1e-4, key
+
+
+def test_step_flags_non_finite_updated_variables_exactly_whatever_the_network_does_with_nan():
+  search = _search()
+  search.optimizer.build(search.generator.trainable_variables)
+  logs = search.train_step(tf.range(BATCH, dtype=tf.int64))
+  assert logs["non_finite"] == 0.0
+  # An Inf score gives an Inf/NaN update exactly, whatever a CPU's ReLU makes of NaN downstream.
+  scores = search.generator.scored_layers()[0].kernel_scores
+  scores.assign(tf.tensor_scatter_nd_update(
+      tf.reshape(scores, [-1]), [[0]], [float("inf")]).numpy().reshape(scores.shape))
+  logs = search.train_step(tf.range(BATCH, 2 * BATCH, dtype=tf.int64))
+  assert logs["non_finite"] == 1.0
