@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import math
 import struct
 import zlib
 
@@ -23,10 +23,20 @@ import tensorflow as tf
 
 from slt_tf import errors
 from slt_tf import generators
+from slt_tf import initializers
 
 MAGIC = b"SLTTICKT"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sII")
+# What a ticket may describe (checked before anything is allocated). The largest paper
+# generator (resnet64) has about 12M weights and a header of a few KB.
+MAX_TICKET_BYTES = 1 << 28
+MAX_HEADER_BYTES = 1 << 20
+MAX_WEIGHTS = 1 << 28
+MAX_IMAGE_SIZE = 1024
+MAX_LATENT_DIM = 65536
+MAX_FILTERS = 16384
+MAX_SEED = 2**31 - 1
 
 
 @dataclasses.dataclass
@@ -98,7 +108,13 @@ def to_bytes(ticket: Ticket) -> bytes:
 
 
 def from_bytes(blob: bytes, source: str = "ticket") -> Ticket:
-  """Parses and verifies a ticket; any damage raises SltError naming `source`."""
+  """Parses and verifies a ticket; any damage raises SltError naming `source`.
+
+  Everything is validated before it is allocated: the header's schema and types, the spec's
+  ranges (so its size is bounded), every array's key, kind and shape against the generator the
+  spec names, byte lengths before and after (bounded) decompression, `num_kept` against each
+  mask's popcount, and the batch-norm statistics (finite, variances >= 0).
+  """
   if len(blob) < _PREFIX.size + 32 or blob[:8] != MAGIC:
     raise errors.SltError(f"{source} is not a slt_tf ticket file (bad magic or too short)")
   body, digest = blob[:-32], blob[-32:]
@@ -109,19 +125,194 @@ def from_bytes(blob: bytes, source: str = "ticket") -> Ticket:
   if version != FORMAT_VERSION:
     raise errors.SltError(f"{source} has ticket format {version}; this slt_tf reads "
                           f"format {FORMAT_VERSION}")
-  header = json.loads(body[_PREFIX.size:_PREFIX.size + header_length])
+  if header_length > min(MAX_HEADER_BYTES, len(body) - _PREFIX.size):
+    raise _bad(source, f"header length {header_length} exceeds the file or the "
+               f"{MAX_HEADER_BYTES}-byte limit")
+  header = _parse_header(body[_PREFIX.size:_PREFIX.size + header_length], source)
+  spec = _spec_from_header(header["generator"], source)
   payload = memoryview(body)[_PREFIX.size + header_length:]
-  masks, batch_norm = {}, {}
-  for entry in header["arrays"]:
-    data = bytes(payload[entry["offset"]:entry["offset"] + entry["length"]])
-    shape = tuple(entry["shape"])
-    if entry["kind"] == "mask":
-      bits = np.frombuffer(zlib.decompress(data), np.uint8)
-      masks[entry["key"]] = np.unpackbits(bits, count=int(np.prod(shape))).astype(bool).reshape(shape)
+  expected = expected_arrays(spec)
+  masks, batch_norm, end = {}, {}, 0
+  for index, entry in enumerate(header["arrays"]):
+    key, kind, shape = _check_entry(entry, index, expected, masks, batch_norm, source)
+    offset, length = entry["offset"], entry["length"]
+    if offset != end or offset + length > len(payload):
+      raise _bad(source, f"array {key!r} at bytes [{offset}, {offset + length}) is not the next "
+                 f"contiguous range of the {len(payload)}-byte payload")
+    end = offset + length
+    data = payload[offset:end]
+    count = math.prod(shape)
+    if kind == "mask":
+      mask = _inflate_mask(data, count, key, source).reshape(shape)
+      if int(mask.sum()) != entry["num_kept"]:
+        raise _bad(source, f"mask {key!r} keeps {int(mask.sum())} weights but its header says "
+                   f"num_kept={entry['num_kept']}")
+      masks[key] = mask
     else:
-      batch_norm[entry["key"]] = np.frombuffer(data, "<f4").astype(np.float32).reshape(shape)
-  return Ticket(generators.GeneratorSpec.from_dict(header["generator"]), masks, batch_norm,
-                header.get("metadata", {}))
+      if length != 4 * count:
+        raise _bad(source, f"array {key!r} of shape {list(shape)} needs {4 * count} bytes, "
+                   f"has {length}")
+      values = np.frombuffer(data, "<f4").astype(np.float32).reshape(shape)
+      if not np.all(np.isfinite(values)) or (key.endswith("/moving_variance")
+                                             and np.any(values < 0)):
+        raise _bad(source, f"batch-norm statistics {key!r} must be finite (variances >= 0)")
+      batch_norm[key] = values
+  missing = sorted(set(expected) - set(masks) - set(batch_norm))
+  if missing:
+    raise _bad(source, f"arrays missing for generator {spec.name}: {', '.join(missing)}")
+  if end != len(payload):
+    raise _bad(source, f"{len(payload) - end} payload bytes follow the last array")
+  return Ticket(spec, masks, batch_norm, header["metadata"])
+
+
+def _bad(source: str, what: str) -> errors.SltError:
+  return errors.SltError(f"{source} is not a valid ticket: {what}; re-export it from the run's "
+                         "workdir (bin/find_ticket writes W/ticket.slt)")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_header(data: bytes, source: str) -> dict:
+  """The header JSON: an object with `generator` (object), `arrays` (list), `metadata`."""
+  try:
+    header = json.loads(data.decode("utf-8"))
+  except (ValueError, RecursionError) as e:
+    raise _bad(source, f"its header is not JSON ({type(e).__name__})") from None
+  if not isinstance(header, dict) or set(header) != {"generator", "arrays", "metadata"}:
+    keys = sorted(header) if isinstance(header, dict) else type(header).__name__
+    raise _bad(source, f"its header must be an object with keys arrays, generator, metadata; "
+               f"got {keys}")
+  if not isinstance(header["generator"], dict) or not isinstance(header["arrays"], list):
+    raise _bad(source, "header 'generator' must be an object and 'arrays' a list")
+  if not isinstance(header["metadata"], dict):
+    raise _bad(source, "header 'metadata' must be an object")
+  step = header["metadata"].get("step")
+  if step is not None and (not _is_int(step) or step < 0):
+    raise _bad(source, f"metadata step must be a non-negative integer, got {step!r}")
+  return header
+
+
+# Field: (type check, what is allowed). Ranges bound the generator's size before it is built.
+_SPEC_FIELDS = {
+    "name": (lambda v: v in generators.GENERATORS, f"one of {', '.join(generators.GENERATORS)}"),
+    "image_size": (lambda v: _is_int(v) and 4 <= v <= MAX_IMAGE_SIZE and v & (v - 1) == 0,
+                   f"a power of two in [4, {MAX_IMAGE_SIZE}]"),
+    "channels": (lambda v: _is_int(v) and 1 <= v <= 4, "an integer in [1, 4]"),
+    "latent_dim": (lambda v: _is_int(v) and 1 <= v <= MAX_LATENT_DIM,
+                   f"an integer in [1, {MAX_LATENT_DIM}]"),
+    "filters": (lambda v: isinstance(v, list) and 1 <= len(v) <= 16 and all(
+        _is_int(f) and 1 <= f <= MAX_FILTERS for f in v),
+                f"a list of 1 to 16 integers in [1, {MAX_FILTERS}]"),
+    "method": (lambda v: v in ("edge_popup", "global_edge_popup"),
+               "edge_popup or global_edge_popup"),
+    "keep_fraction": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and 0 < v <= 1, "a number in (0, 1]"),
+    "weight_init": (lambda v: v in initializers.WEIGHT_INITS, ", ".join(initializers.WEIGHT_INITS)),
+    "score_init": (lambda v: v in initializers.SCORE_INITS, ", ".join(initializers.SCORE_INITS)),
+    "scale_fan": (lambda v: isinstance(v, bool), "true or false"),
+    "mask_bias": (lambda v: isinstance(v, bool), "true or false"),
+    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+}
+
+
+def _spec_from_header(values: dict, source: str) -> generators.GeneratorSpec:
+  if set(values) != set(_SPEC_FIELDS):
+    raise _bad(source, f"its generator spec must have exactly the fields "
+               f"{', '.join(sorted(_SPEC_FIELDS))}; got {', '.join(sorted(map(str, values)))}")
+  for name, (check, allowed) in _SPEC_FIELDS.items():
+    if not check(values[name]):
+      raise _bad(source, f"generator {name} must be {allowed}, got {str(values[name])[:80]}")
+  try:
+    spec = generators.GeneratorSpec.from_dict(values)
+    spec.resolved_filters()
+  except errors.SltError as e:
+    raise _bad(source, str(e)) from None
+  total = sum(math.prod(shape) for key, shape in expected_arrays(spec).items()
+              if "/moving_" not in key)
+  if total > MAX_WEIGHTS:
+    raise _bad(source, f"its generator has {total} weights; at most {MAX_WEIGHTS} are allowed")
+  return spec
+
+
+def _check_entry(entry, index: int, expected: dict, masks: dict, batch_norm: dict,
+                 source: str) -> tuple[str, str, tuple[int, ...]]:
+  """Checks one header array entry's schema, key, kind and shape; returns them."""
+  fields = {"key", "kind", "shape", "offset", "length"}
+  if not isinstance(entry, dict) or not (set(entry) == fields or set(entry) == fields | {"num_kept"}):
+    raise _bad(source, f"array entry {index} must be an object with fields "
+               f"{', '.join(sorted(fields))} (and num_kept for masks)")
+  key, kind, shape = entry["key"], entry["kind"], entry["shape"]
+  if not isinstance(key, str) or key not in expected:
+    raise _bad(source, f"array {str(key)[:80]!r} is not one the generator has; expected "
+               f"{', '.join(sorted(expected))}")
+  if key in masks or key in batch_norm:
+    raise _bad(source, f"array {key!r} appears twice")
+  wanted_kind = "float32" if "/moving_" in key else "mask"
+  if kind != wanted_kind or (kind == "mask") != ("num_kept" in entry):
+    raise _bad(source, f"array {key!r} must be of kind {wanted_kind}"
+               + (" with num_kept" if wanted_kind == "mask" else " without num_kept"))
+  if not isinstance(shape, list) or tuple(shape) != expected[key]:
+    raise _bad(source, f"array {key!r} has shape {str(shape)[:80]}; generator {key.split('/')[0]} "
+               f"needs {list(expected[key])}")
+  for name in ("offset", "length") + (("num_kept",) if kind == "mask" else ()):
+    if not _is_int(entry[name]) or entry[name] < 0:
+      raise _bad(source, f"array {key!r}: {name} must be a non-negative integer")
+  return key, kind, expected[key]
+
+
+def _inflate_mask(data, count: int, key: str, source: str) -> np.ndarray:
+  """zlib-compressed packed bits -> bool [count]; never inflates past the expected size."""
+  packed_bytes = (count + 7) // 8
+  if len(data) > packed_bytes + packed_bytes // 100 + 64:  # zlib's worst case is ~0.03% + 11.
+    raise _bad(source, f"mask {key!r} has {len(data)} compressed bytes for {count} bits")
+  inflater = zlib.decompressobj()
+  try:
+    packed = inflater.decompress(data, packed_bytes + 1)
+  except zlib.error as e:
+    raise _bad(source, f"mask {key!r} is not a valid zlib stream ({e})") from None
+  if len(packed) != packed_bytes or not inflater.eof or inflater.unconsumed_tail:
+    raise _bad(source, f"mask {key!r} does not inflate to exactly {packed_bytes} bytes "
+               f"({count} bits)")
+  bits = np.unpackbits(np.frombuffer(packed, np.uint8))
+  if bits[count:].any():
+    raise _bad(source, f"mask {key!r} has bits set past its {count} weights")
+  return bits[:count].astype(bool)
+
+
+def expected_arrays(spec: generators.GeneratorSpec) -> dict[str, tuple[int, ...]]:
+  """{array key: shape} a ticket of `spec` holds, computed without building the generator.
+
+  Masks "<layer>/kernel" (and "<layer>/bias" with mask_bias), batch-norm
+  "<layer>/moving_mean" / "/moving_variance" (slt_tf/generators.py's architectures;
+  ticket_test checks the two agree for every generator).
+  """
+  filters, latent, channels = spec.resolved_filters(), spec.latent_dim, spec.channels
+  layers, norms = [], []  # (name, kernel shape, has bias); (name, channels)
+  if spec.name == "dcgan":
+    layers.append(("dense_in", (latent, 16 * filters[0]), False))
+    norms.append(("in_bn", filters[0]))
+    for i, (f_in, f_out) in enumerate(zip(filters[:-1], filters[1:])):
+      layers.append((f"up{i}", (4, 4, f_out, f_in), False))
+      norms.append((f"up{i}_bn" if i < len(filters) - 2 else "out_bn", f_out))
+  else:
+    layers.append(("dense_in", (latent, 16 * filters[0]), True))
+    for i, (f_in, f_out) in enumerate(zip(filters[:-1], filters[1:])):
+      layers += [(f"block{i}_conv1", (3, 3, f_in, f_out), False),
+                 (f"block{i}_conv2", (3, 3, f_out, f_out), True),
+                 (f"block{i}_skip_conv", (1, 1, f_in, f_out), True)]
+      norms += [(f"block{i}_bn1", f_in), (f"block{i}_bn2", f_out)]
+    norms.append(("out_bn", filters[-1]))
+  layers.append(("conv_out", (3, 3, filters[-1], channels), True))
+  arrays = {}
+  for name, shape, has_bias in layers:
+    arrays[f"{name}/kernel"] = shape
+    if has_bias and spec.mask_bias:
+      arrays[f"{name}/bias"] = (shape[-1],)  # Only Dense / Conv2D layers have biases.
+  for name, size in norms:
+    arrays[f"{name}/moving_mean"] = arrays[f"{name}/moving_variance"] = (size,)
+  return arrays
 
 
 def save(ticket: Ticket, path: str) -> int:
@@ -135,10 +326,23 @@ def save(ticket: Ticket, path: str) -> int:
 
 
 def load(path: str) -> Ticket:
+  """Reads and validates a ticket file (at most MAX_TICKET_BYTES)."""
   if not tf.io.gfile.exists(path):
     raise errors.SltError(f"ticket file {path} does not exist")
-  with tf.io.gfile.GFile(path, "rb") as f:
-    return from_bytes(f.read(), source=path)
+  if tf.io.gfile.isdir(path):
+    raise errors.SltError(f"ticket {path} is a directory; pass the ticket file itself, "
+                          "e.g. W/ticket.slt")
+  try:
+    size = tf.io.gfile.stat(path).length
+    if size > MAX_TICKET_BYTES:
+      raise errors.SltError(f"ticket file {path} has {size} bytes; a ticket has at most "
+                            f"{MAX_TICKET_BYTES}")
+    with tf.io.gfile.GFile(path, "rb") as f:
+      blob = f.read(MAX_TICKET_BYTES + 1)
+  except (OSError, tf.errors.OpError) as e:
+    raise errors.SltError(f"cannot read ticket file {path}: "
+                          f"{getattr(e, 'message', None) or e}") from None
+  return from_bytes(blob, source=path)
 
 
 def apply(ticket: Ticket, generator: generators.Generator) -> None:
@@ -150,6 +354,13 @@ def apply(ticket: Ticket, generator: generators.Generator) -> None:
   for layer in generator.batch_norm_layers():
     layer.moving_mean.assign(ticket.batch_norm[f"{layer.name}/moving_mean"])
     layer.moving_variance.assign(ticket.batch_norm[f"{layer.name}/moving_variance"])
+  computed = current_masks(generator)
+  for key, mask in ticket.masks.items():
+    if not np.array_equal(computed[key], mask):
+      raise errors.SltError(
+          f"the ticket's mask {key} keeps {int(mask.sum())} of {mask.size} weights, which "
+          f"{ticket.spec.method} with keep_fraction {ticket.spec.keep_fraction} cannot select; "
+          "only its export (bin/export_saved_model --ticket) uses the bits as they are")
 
 
 def build_generator(ticket: Ticket) -> generators.Generator:
