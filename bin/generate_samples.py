@@ -1,52 +1,6 @@
-r"""Samples images from a served generator and writes a PNG grid or an .npz.
+"""`python -m bin.generate_samples`: runs slt_tf/cli/generate_samples.py (installed as `slt-generate-samples`)."""
 
-Exactly one source:
-  python -m bin.generate_samples --server=http://localhost:8501 --model_name=slt --out=grid.png
-  python -m bin.generate_samples --grpc=localhost:8500 --model_name=slt --out=samples.npz
-  python -m bin.generate_samples --saved_model=export/slt/1 --num=16 --out=grid.png
-
-Seeds are --seed .. --seed+--num-1; the same seeds give the same images from every source.
-"""
-
-from absl import flags
-
-import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
-from bin import cli  # pylint: disable=g-bad-import-order
-from export import client
-
-_SERVER = flags.DEFINE_string(
-    "server", None, "TF Serving REST address, e.g. http://localhost:8501 (default port 8501).")
-_GRPC = flags.DEFINE_string(
-    "grpc", None, "TF Serving gRPC address HOST:PORT, e.g. localhost:8500 (default port 8500).")
-_SAVED_MODEL = flags.DEFINE_string(
-    "saved_model", None, "Local SavedModel: a version dir E/<model>/<version> or the model base "
-    "path E/<model> (highest version); no server needed.")
-_MODEL_NAME = flags.DEFINE_string("model_name", "slt",
-                                  "Model name on the server (--server, --grpc).")
-_VERSION = flags.DEFINE_integer(
-    "version", None, "Model version to use; default: the latest one the server (or directory) has.")
-_NUM = flags.DEFINE_integer("num", 64, "Number of images.", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "First seed; images use seeds seed .. seed+num-1.")
-_SIGNATURE = flags.DEFINE_enum(
-    "signature", None, list(client.SEED_SIGNATURES),
-    "Signature to call; default generate_png over REST (base64 PNGs, little JSON), "
-    "generate_uint8 over gRPC and locally. Both give the same images.")
-_OUT = flags.DEFINE_string("out", "samples.png", "Output: *.png writes a grid, *.npz the arrays "
-                           "'images' uint8 [N, H, W, C] and 'seeds'.")
-_TIMEOUT = flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server.")
-
-
-def main(argv):
-  del argv
-  client.check_output_path(_OUT.value)
-  seeds = client.seed_range(_SEED.value, _NUM.value)
-  images = client.generate(seeds=seeds, server=_SERVER.value, grpc_address=_GRPC.value,
-                           saved_model=_SAVED_MODEL.value, model_name=_MODEL_NAME.value,
-                           signature=_SIGNATURE.value, version=_VERSION.value,
-                           timeout=_TIMEOUT.value)
-  client.save_images(images, _OUT.value, seeds=seeds)
-  print(f"Wrote {len(images)} images {list(images.shape[1:])} to {_OUT.value}")
-
+from slt_tf.cli import generate_samples
 
 if __name__ == "__main__":
-  cli.run(main)
+  generate_samples.run()

@@ -1,25 +1,6 @@
-"""Describes the ticket of a workdir: kept weights per layer, sizes, frozen-weight check.
+"""`python -m bin.inspect_ticket`: runs slt_tf/cli/inspect_ticket.py (installed as `slt-inspect-ticket`)."""
 
-  python -m bin.inspect_ticket --workdir=runs/digits [--json]
-"""
-
-import json
-from absl import flags
-
-import slt_tf  # pylint: disable=unused-import
-from bin import cli
-from slt_tf import inspection
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by bin/find_ticket.")
-_JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
-flags.mark_flag_as_required("workdir")
-
-
-def main(argv):
-  del argv
-  report = inspection.inspect_workdir(_WORKDIR.value)
-  print(json.dumps(report, indent=2) if _JSON.value else inspection.format_table(report))
-
+from slt_tf.cli import inspect_ticket
 
 if __name__ == "__main__":
-  cli.run(main)
+  inspect_ticket.run()

@@ -7,7 +7,9 @@ Images: centre crop 140x140 then resize to 64x64 (slt_tf/data.py). Hyperparamete
 configs/cifar10_resnet.py (method.md). Not run here (CPU only).
 """
 
-from configs import cifar10_resnet
+from slt_tf import config_schema
+
+cifar10_resnet = config_schema.load_sibling(__file__, "cifar10_resnet")
 
 
 def get_config():

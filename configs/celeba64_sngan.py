@@ -5,7 +5,9 @@ Command (needs CelebA prepared in TFDS and InceptionV3 weights or a local weight
 Hyperparameters as in configs/cifar10_resnet.py (method.md). Not run here (CPU only).
 """
 
-from configs import celeba64_resnet
+from slt_tf import config_schema
+
+celeba64_resnet = config_schema.load_sibling(__file__, "celeba64_resnet")
 
 
 def get_config():

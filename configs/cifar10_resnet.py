@@ -11,7 +11,7 @@ generator with Inception features takes seconds on 2 cores). Evaluate with bin/e
 (FID on 10k samples against the test split).
 """
 
-from configs import default
+from slt_tf import config_schema as default
 
 
 def get_config():

@@ -8,7 +8,7 @@ Expected: recognisable digits in runs/digits/samples/final.png; see README for t
 numbers measured on a 2-core CPU.
 """
 
-from configs import default
+from slt_tf import config_schema as default
 
 
 def get_config():

@@ -4,7 +4,7 @@ Command:
   python -m bin.find_ticket --config=configs/test.py --workdir=/tmp/slt_test
 """
 
-from configs import default
+from slt_tf import config_schema as default
 
 
 def get_config():

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from configs import default as default_config
+from slt_tf import config_schema as default_config
 from slt_tf import callbacks as callbacks_lib
 from slt_tf import data
 from slt_tf import distribution

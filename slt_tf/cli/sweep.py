@@ -1,0 +1,122 @@
+"""Dense baseline vs tickets at several keep fractions, several seeds, same step budget.
+
+  python -m bin.sweep --base_dir=runs/sweep --num_steps=200 --num_samples=2000
+
+For each seed: the dense run (method=dense) and one ticket per keep fraction, each trained with
+`python -m bin.find_ticket` in BASE_DIR/<name> (a rerun resumes or skips finished runs), then
+evaluated with slt_tf.workdir_evaluation (metrics.json, skipped when already done for the same
+step and sample count). The untrained random generator of each dense run is the floor row.
+Writes BASE_DIR/results.csv (mean and std per row), runs.csv, results.md and
+fid_vs_keep_fraction.png.
+"""
+
+import os
+import runpy
+import subprocess
+import time
+
+from absl import flags
+from absl import logging
+
+import slt_tf  # pylint: disable=unused-import
+from slt_tf.cli import common as cli
+
+_BASE_DIR = flags.DEFINE_string("base_dir", "runs/sweep", "Directory of the runs and results.")
+_CONFIG = flags.DEFINE_string("config", "configs/digits.py", "Config file of every run.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (comma-separated integers).")
+_KEEP_FRACTIONS = flags.DEFINE_list("keep_fractions", ["0.05", "0.1", "0.3", "0.5"],
+                                    "Keep fractions of the tickets (comma-separated).")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Steps of every run (default: the "
+                                  "config's num_steps).", lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 2000, "Generated samples per evaluation.",
+                                    lower_bound=2)
+_TRAIN = flags.DEFINE_bool("train", True, "Train unfinished runs; with --notrain only finished "
+                           "runs are evaluated and tabulated.")
+_DENSE_OVERRIDES = flags.DEFINE_list("dense_overrides", [], "Config overrides KEY=VALUE for the "
+                                     "dense runs only (e.g. learning_rate=5e-4).")
+_DENSE_BASE_DIR = flags.DEFINE_string("dense_base_dir", None, "Directory of the dense runs "
+                                      "(default: --base_dir), e.g. for a dense learning-rate "
+                                      "variant next to the same tickets.")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Where the tables and the plot go "
+                                   "(default: --base_dir).")
+_FLOOR = flags.DEFINE_bool("floor", True, "Evaluate the untrained generator of each dense run.")
+
+
+def _parse(values, kind, what):
+  from slt_tf import errors  # pylint: disable=g-import-not-at-top
+  try:
+    return [kind(v) for v in values]
+  except ValueError as e:
+    raise errors.SltError(f"--{what} must be a comma-separated list of numbers, got "
+                          f"{','.join(values)!r}") from e
+
+
+def _installed(command: list[str]) -> list[str]:
+  """Runs find_ticket as slt_tf.cli.find_ticket (what bin/find_ticket runs), which is
+  importable from any directory once slt_tf is installed."""
+  return ["slt_tf.cli.find_ticket" if part == "bin.find_ticket" else part for part in command]
+
+
+def main(argv):
+  del argv
+  from slt_tf import errors  # pylint: disable=g-import-not-at-top
+  from slt_tf import sweep  # pylint: disable=g-import-not-at-top
+  from slt_tf import workdir_evaluation  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isfile(_CONFIG.value):
+    raise errors.SltError(f"--config={_CONFIG.value} is not a file; e.g. configs/digits.py")
+  num_steps = _NUM_STEPS.value or runpy.run_path(_CONFIG.value)["get_config"]().num_steps
+  runs = sweep.grid(_parse(_SEEDS.value, int, "seeds"),
+                    _parse(_KEEP_FRACTIONS.value, float, "keep_fractions"))
+  base_dir = _BASE_DIR.value
+  os.makedirs(base_dir, exist_ok=True)
+  results, missing = [], []
+  start_time = time.time()
+  for run in runs:
+    run_dir = (_DENSE_BASE_DIR.value or base_dir) if run.method == sweep.DENSE else base_dir
+    workdir = os.path.join(run_dir, run.name)
+    if _TRAIN.value and sweep.trained_step(workdir) < num_steps:
+      command = _installed(sweep.train_command(run, config=_CONFIG.value, workdir=workdir,
+                                               num_steps=num_steps))
+      if run.method == sweep.DENSE:
+        command += [f"--config.{override}" for override in _DENSE_OVERRIDES.value]
+      logging.info("Training %s: %s", run.name, " ".join(command))
+      os.makedirs(run_dir, exist_ok=True)
+      with open(os.path.join(run_dir, f"{run.name}.train.log"), "a") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+    step = sweep.trained_step(workdir)
+    if step < num_steps:
+      missing.append(f"{run.name} (step {step} of {num_steps})")
+      continue
+    metrics = sweep.read_metrics(os.path.join(workdir, workdir_evaluation.METRICS_FILE))
+    if (metrics is None or metrics["step"] != step
+        or metrics["num_samples"] != _NUM_SAMPLES.value):
+      metrics = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value)
+    results.append(dict(metrics, group=run.group, seed=run.seed))
+    if _FLOOR.value and run.method == sweep.DENSE:
+      path = os.path.join(workdir, workdir_evaluation.UNTRAINED_METRICS_FILE)
+      floor = sweep.read_metrics(path)
+      if floor is None or floor["num_samples"] != _NUM_SAMPLES.value:
+        floor = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value,
+                                                    untrained=True)
+      results.append(dict(floor, group=sweep.FLOOR, seed=run.seed))
+  results_dir = _RESULTS_DIR.value or base_dir
+  os.makedirs(results_dir, exist_ok=True)
+  dense_note = f", dense {' '.join(_DENSE_OVERRIDES.value)}" if _DENSE_OVERRIDES.value else ""
+  written = sweep.write_results(
+      results, results_dir,
+      title=f"{_CONFIG.value}, {num_steps} steps, {_NUM_SAMPLES.value} samples{dense_note}")
+  with open(written["paths"]["results.md"], encoding="utf-8") as f:
+    print(f.read())
+  if missing:
+    print("Not finished (left out of the table): " + ", ".join(missing))
+  print(f"Wrote {', '.join(written['paths'].values())} in {time.time() - start_time:.0f} s.")
+
+
+def run() -> None:
+  """The `slt-sweep` console script (and `python -m bin.sweep`)."""
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

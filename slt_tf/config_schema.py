@@ -1,0 +1,85 @@
+"""Every config key slt_tf knows, with its default (configs/*.py start from this one), and
+loading config files by path.
+
+Keys that a config file or `--config.<key>=...` sets but this file does not define are
+rejected: a typo never silently falls back to a default. Config files import this module (not
+a top-level `configs` package), so they load by path from any directory once slt_tf is
+installed.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import types
+
+import ml_collections
+
+from slt_tf import errors
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0                    # frozen weights, scores, latents: all derive from it
+  config.num_steps = 2000
+  config.batch_size = 64             # GLOBAL batch (split over replicas)
+  config.method = "edge_popup"       # edge_popup | global_edge_popup | dense
+  config.keep_fraction = 0.1         # fraction of weights KEPT (0.1 keeps 10%)
+  config.learning_rate = 5e-5        # Adam on the scores (dense: on the kernels)
+  config.beta_1 = 0.5
+  config.beta_2 = 0.999
+  config.lr_schedule = "constant"    # constant | cosine (decay over the whole run)
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "digits"     # any TFDS image dataset, or the embedded `digits`
+  config.dataset.data_dir = ""       # TFDS data_dir ("" = TFDS default)
+  config.dataset.image_size = 16
+
+  config.generator = ml_collections.ConfigDict()
+  config.generator.name = "dcgan"    # resnet32 | resnet64 | sngan32 | sngan64 | dcgan
+  config.generator.latent_dim = 128
+  config.generator.filters = ()      # () = the architecture's default widths
+  config.generator.weight_init = "signed_kaiming_constant"  # | kaiming_normal | normal_002
+  # | uniform_01. With global_edge_popup prefer uniform_01: kaiming_uniform's bound
+  # 1/sqrt(fan_in) makes wide-fan-in layers start (almost) fully masked under one threshold.
+  config.generator.score_init = "kaiming_uniform"
+  config.generator.scale_fan = False  # kaiming_normal with fan_in scaled by keep_fraction
+  config.generator.mask_bias = False
+
+  config.features = ml_collections.ConfigDict()
+  config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn
+  config.features.weights = "default"  # default (imagenet / trained digits net) | none | PATH
+  config.features.cache_dir = ""       # "" = ~/.cache/slt_tf
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.ama_learning_rate = 1e-5
+
+  config.checkpoint_every_steps = 500
+  config.log_every_steps = 50
+  config.sample_every_steps = 500
+  config.num_sample_images = 64
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_steps = 0          # 0 = only when bin/evaluate is run
+  config.eval.num_samples = 10000
+  config.eval.network = ""             # "" = inception_v3 (digits: digits_eval_cnn)
+  config.eval.weights = "default"
+  return config
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """Runs the config file at `path` (e.g. configs/digits.py) and returns its get_config()."""
+  if not os.path.isfile(path):
+    raise errors.SltError(f"config file {path} does not exist; pass a Python file that defines "
+                          "get_config(), e.g. configs/digits.py")
+  namespace = runpy.run_path(path)
+  if "get_config" not in namespace:
+    raise errors.SltError(f"config file {path} defines no get_config(); see configs/digits.py")
+  return namespace["get_config"]()
+
+
+def load_sibling(file: str, name: str) -> types.SimpleNamespace:
+  """The config file `name`.py in the directory of `file`, loaded by path (for configs that
+  extend another one: configs/ is not an installed package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(file)), f"{name}.py")
+  return types.SimpleNamespace(**runpy.run_path(path))

@@ -1,0 +1,1 @@
+"""Baking masks into plain Keras layers, the TF Serving SavedModel, its client, TFLite."""

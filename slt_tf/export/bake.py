@@ -1,0 +1,232 @@
+"""Masks baked into plain Keras layers: the servable form of a ticket (or of a dense run).
+
+A ticket generator computes `x (W * M) + b` with M = top-k(|scores|) (edge-popup, Ramanujan
+et al. 2020, Alg. 1). Its plain twin (`generators.build(spec, plain=True)`: keras Dense /
+Conv2D / Conv2DTranspose with the same layer names) computes the same function once each
+kernel holds `W * M`, each bias `b` (times its mask when `mask_bias`), and each batch norm the
+same moving statistics. The twin has no score variables and no top-k (radix select) ops, and
+its kernels stay variables, so the zeros can be inspected in the SavedModel.
+
+Sources:
+  - a workdir written by `train.train_and_evaluate`: the latest checkpoint's generator
+    (ticket methods or method=dense); the spec comes from W/ticket.slt when present, else from
+    W/config.json;
+  - a ticket file alone: frozen weights regenerated from its seed, masks from its bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+
+from absl import logging
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from slt_tf.export import servable
+from slt_tf import checkpoints
+from slt_tf import errors
+from slt_tf import generators
+from slt_tf import ticket as ticket_lib
+
+restore_generator = checkpoints.restore_generator  # Public here too: tests and callers use it.
+
+CHECKPOINT_DIR = "checkpoints"
+# bin/find_ticket's file names (slt_tf/train.py), repeated here so that exporting a ticket
+# file never imports the training stack; bake_test checks that they agree.
+CONFIG_FILE = "config.json"
+TICKET_FILE = "ticket.slt"
+
+
+def effective_weights(generator: generators.Generator) -> dict[str, tuple]:
+  """{layer name: (kernel * mask, masked bias or bias or None)} as float32 arrays.
+
+  Exactly what the forward pass multiplies with (`ScoredLayer.effective_weights`), with a
+  global rule's masks computed once for all layers, as in `Generator.call`.
+  """
+  shared_step = getattr(generator.mask_rule, "shared_step", None)
+  weights = {}
+  with shared_step() if shared_step is not None else contextlib.nullcontext():
+    for layer in generator.scored_layers():
+      kernel, bias = layer.effective_weights()
+      weights[layer.name] = (np.asarray(kernel, np.float32),
+                             None if bias is None else np.asarray(bias, np.float32))
+  return weights
+
+
+def bake(generator: generators.Generator) -> generators.Generator:
+  """The plain twin of a ticket (or dense) generator, computing the same images.
+
+  Args:
+    generator: a generator of scored layers (any masking method, or method=dense).
+
+  Returns:
+    `generators.build(generator.spec, plain=True)` whose kernels are `W * M`, biases the
+    (masked) biases and batch norms the moving statistics of `generator`; plain variables only.
+  """
+  if generator.plain:
+    raise errors.SltError("the generator is already plain (no scores to bake)")
+  plain = generators.build(generator.spec, plain=True)
+  weights = effective_weights(generator)
+  plain_layers = {layer.name: layer for layer in plain.weight_layers()}
+  if set(plain_layers) != set(weights):
+    raise errors.SltError(f"the plain twin's weight layers {sorted(plain_layers)} differ from "
+                          f"the generator's scored layers {sorted(weights)}")
+  for name, (kernel, bias) in weights.items():
+    twin = plain_layers[name]
+    twin.kernel.assign(kernel)
+    if (twin.bias is None) != (bias is None):
+      raise errors.SltError(f"layer {name}: bias presence differs between the generator and "
+                            "its plain twin")
+    if bias is not None:
+      twin.bias.assign(bias)
+  for layer in generator.batch_norm_layers():
+    twin = plain.body.get_layer(layer.name)
+    twin.moving_mean.assign(layer.moving_mean)
+    twin.moving_variance.assign(layer.moving_variance)
+  return plain
+
+
+def kept_counts(plain: generators.Generator) -> dict[str, tuple[int, int]]:
+  """{layer name: (nonzero kernel entries, kernel entries)} of a baked generator."""
+  return {layer.name: (int(np.count_nonzero(np.asarray(layer.kernel))),
+                       int(np.prod(layer.kernel.shape)))
+          for layer in plain.weight_layers()}
+
+
+def _metadata(spec: generators.GeneratorSpec, step: int | None, source: str, path: str,
+              plain: generators.Generator) -> dict:
+  counts = kept_counts(plain)
+  num_kept = sum(kept for kept, _ in counts.values())
+  num_weights = sum(total for _, total in counts.values())
+  return {
+      "method": spec.method,
+      "keep_fraction": 1.0 if spec.method == "dense" else spec.keep_fraction,
+      "seed": spec.seed,
+      "spec": spec.to_dict(),
+      "step": step,
+      "source": source,
+      "source_path": os.path.abspath(path),
+      "num_kernel_weights": num_weights,
+      "num_kernel_nonzero": num_kept,
+  }
+
+
+# ------------------------------------------------------------------------------ ticket file
+
+
+def from_ticket_file(path: str) -> tuple[generators.Generator, dict]:
+  """Bakes a ticket file alone (no workdir, no checkpoint).
+
+  Returns:
+    (baked plain generator, export metadata).
+
+  Raises:
+    SltError: a missing, truncated or tampered ticket file (checksum), or a bad spec.
+  """
+  ticket = ticket_lib.load(path)
+  generator = ticket_lib.build_generator(ticket)
+  plain = bake(generator)
+  return plain, _metadata(ticket.spec, ticket.metadata.get("step"), "ticket", path, plain)
+
+
+# ---------------------------------------------------------------------------------- workdir
+
+
+def _read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise errors.SltError(f"{workdir} has no {CONFIG_FILE}: not a bin/find_ticket workdir "
+                          "(pass --workdir of a run, or --ticket=PATH of a ticket file)")
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except json.JSONDecodeError as e:
+      raise errors.SltError(f"{path} is not valid JSON ({e})") from e
+
+
+def workdir_spec(workdir: str) -> generators.GeneratorSpec:
+  """The run's generator spec: from W/ticket.slt if present (checked against W/config.json),
+  else from W/config.json and the dataset's channel count."""
+  from slt_tf import train  # pylint: disable=g-import-not-at-top  # Heavy: only for workdirs.
+  config = _read_config(workdir)
+  ticket_path = os.path.join(workdir, TICKET_FILE)
+  if tf.io.gfile.exists(ticket_path):
+    spec = ticket_lib.load(ticket_path).spec
+    expected = train.generator_spec(config, spec.channels)
+    if spec.to_dict() != expected.to_dict():
+      raise errors.SltError(f"{ticket_path} holds generator {spec.to_dict()} but "
+                            f"{CONFIG_FILE} describes {expected.to_dict()}; the workdir is "
+                            "inconsistent: export the ticket alone with --ticket=PATH")
+    return spec
+  from slt_tf import data  # pylint: disable=g-import-not-at-top
+  return train.generator_spec(config, data.num_channels(config.dataset.name))
+
+
+def latest_checkpoint(workdir: str) -> tuple[str, int]:
+  """(path, step) of the workdir's latest checkpoint (checkpoints are numbered by step)."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  path = tf.train.latest_checkpoint(directory)
+  if path is None:
+    ticket_path = os.path.join(workdir, TICKET_FILE)
+    hint = (f"; export its ticket alone with --ticket={ticket_path}"
+            if tf.io.gfile.exists(ticket_path) else "; train first with bin/find_ticket")
+    raise errors.SltError(f"no checkpoint in {directory} (missing, or its files are gone)"
+                          + hint)
+  match = re.search(r"-(\d+)$", path)
+  return path, int(match.group(1)) if match else None
+
+
+def from_workdir(workdir: str) -> tuple[generators.Generator, dict]:
+  """Bakes the latest checkpoint of a training workdir (ticket methods or method=dense).
+
+  Returns:
+    (baked plain generator, export metadata).
+
+  Raises:
+    SltError: no config.json, no checkpoint, a corrupt or mismatched checkpoint, a tampered
+      ticket.slt.
+  """
+  if not tf.io.gfile.isdir(workdir):
+    raise errors.SltError(f"workdir {workdir} does not exist")
+  spec = workdir_spec(workdir)
+  checkpoint_path, step = latest_checkpoint(workdir)
+  plain = bake(restore_generator(spec, checkpoint_path))
+  return plain, _metadata(spec, step, "checkpoint", checkpoint_path, plain)
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+def export(*, export_base: str, workdir: str | None = None, ticket_path: str | None = None,
+           model_name: str = "slt", version: int = 1, num_warmup_records: int = 3) -> str:
+  """Bakes a workdir's latest checkpoint or a ticket file and writes it for TF Serving.
+
+  Args:
+    export_base: E; the model goes to E/<model_name>/<version>/ (see export/servable.py).
+    workdir: a bin/find_ticket workdir (exactly one of workdir and ticket_path).
+    ticket_path: a ticket file.
+    model_name: TF Serving model name.
+    version: version directory number; never overwritten.
+    num_warmup_records: PredictionLog records in assets.extra/tf_serving_warmup_requests.
+
+  Returns:
+    The version directory.
+  """
+  if (workdir is None) == (ticket_path is None):
+    raise errors.SltError("give exactly one source: --workdir=W (latest checkpoint) or "
+                          "--ticket=PATH (a ticket file alone)")
+  if workdir is not None:
+    plain, metadata = from_workdir(workdir)
+  else:
+    plain, metadata = from_ticket_file(ticket_path)
+  version_dir = servable.write_servable(
+      plain, latent_dim=plain.spec.latent_dim, export_base=export_base, model_name=model_name,
+      version=version, num_warmup_records=num_warmup_records, metadata=metadata)
+  logging.info("Exported %s (%s, step %s, %d of %d kernel weights nonzero) to %s",
+               metadata["source_path"], metadata["method"], metadata["step"],
+               metadata["num_kernel_nonzero"], metadata["num_kernel_weights"], version_dir)
+  return version_dir
