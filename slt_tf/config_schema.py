@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "digits"     # any TFDS image dataset, or the embedded `digits`
   config.dataset.data_dir = ""       # TFDS data_dir ("" = TFDS default)
+  config.dataset.source_dir = ""     # local source files ("" = the dataset's default; for
+  # fashion_mnist the IDX files of Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)
   config.dataset.image_size = 16
 
   config.generator = ml_collections.ConfigDict()
@@ -47,7 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator.mask_bias = False
 
   config.features = ml_collections.ConfigDict()
-  config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn
+  config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn | fashion_cnn
+  # | fashion_inception
   config.features.weights = "default"  # default (imagenet / trained digits net) | none | PATH
   config.features.cache_dir = ""       # "" = ~/.cache/slt_tf
 
@@ -62,7 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.every_steps = 0          # 0 = only when bin/evaluate is run
   config.eval.num_samples = 10000
-  config.eval.network = ""             # "" = inception_v3 (digits: digits_eval_cnn)
+  config.eval.network = ""             # "" = inception_v3 (digits: digits_eval_cnn,
+  # fashion_mnist: fashion_eval_cnn)
+  config.eval.split = "test"           # test (reported numbers) | validation (tuning)
   config.eval.weights = "default"
   return config
 

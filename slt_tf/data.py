@@ -1,14 +1,18 @@
 """Image input pipelines over TFDS: real images in [-1, 1] for statistics, training and evaluation.
 
 Every dataset goes through TFDS. `digits` (scikit-learn's 8x8 handwritten digits, see
-`slt_tf.datasets.digits`) is prepared on the fly with no network; every other dataset must already
-be prepared in `data_dir` (this machine is offline), e.g. `tfds build cifar10 --data_dir=DIR`.
+`slt_tf.datasets.digits`) is prepared on the fly with no network; `fashion_mnist` is TFDS's own
+dataset, prepared offline from Debian's IDX files when TFDS cannot download it
+(`slt_tf.datasets.fashion_mnist`); every other dataset must already be prepared in `data_dir`,
+e.g. `tfds build cifar10 --data_dir=DIR` on a machine with internet access.
 
 Splits (method.md, "Evaluation protocol"): the held-out split is the dataset's `test` split where
 it has one (digits, CIFAR-10/100, CelebA's test partition, MNIST-like sets, SVHN, STL-10); otherwise
 the first 10,000 examples of `train` are held out and training uses `train[10000:]` (LSUN: its
 `validation` split has only 300 images per category, too few for FID on 10k images). The held-out
-split is for evaluation only: never compute training statistics on it.
+split is for evaluation only: never compute training statistics on it. Datasets in
+`VALIDATION_EXAMPLES` (Fashion-MNIST: the last 10,000 of `train`) also keep a validation split
+out of training, on which hyperparameters are chosen.
 
 Preprocessing: CelebA (218x178 aligned faces) is centre-cropped to 140x140 before resizing, a
 common face crop in GAN work on CelebA (others use 108 or 148: `CELEB_A_CROP` is the one place to
@@ -25,9 +29,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from slt_tf.datasets import digits  # Registers the `digits` TFDS builder.
+from slt_tf.datasets import fashion_mnist
 from slt_tf.errors import SltError
 
 DIGITS = 'digits'
+FASHION_MNIST = fashion_mnist.NAME
+# Datasets that keep the LAST examples of `train` apart as a validation split: hyperparameters
+# are chosen there, training statistics never see them, and `test` gives the reported numbers.
+VALIDATION_EXAMPLES = {FASHION_MNIST: 10_000}
+# Image sizes a dataset may be used at (others: any size the generator takes).
+SUPPORTED_IMAGE_SIZES = {FASHION_MNIST: (16, 32)}
 # Examples held out from `train` (and skipped by training) for datasets without a `test` split.
 HELD_OUT_EXAMPLES = 10_000
 # CelebA centre crop (pixels, square) applied to the 218x178 aligned images before resizing.
@@ -122,15 +133,61 @@ def held_out_split(name: str) -> str:
 
 
 def training_split(name: str) -> str:
-  """Returns the split used for training statistics: disjoint from `held_out_split(name)`."""
+  """Returns the split used for training statistics: disjoint from `held_out_split(name)` and
+  from `validation_split(name)`."""
   validate_dataset_name(name)
-  if _base_and_config(name)[0] in _DATASETS_WITH_TEST_SPLIT:
+  base = _base_and_config(name)[0]
+  if base in VALIDATION_EXAMPLES:
+    return f'train[:-{VALIDATION_EXAMPLES[base]}]'
+  if base in _DATASETS_WITH_TEST_SPLIT:
     return 'train'
   return f'train[{HELD_OUT_EXAMPLES}:]'
 
 
+def validation_split(name: str) -> str:
+  """Returns the split on which hyperparameters are chosen: the last examples of `train`."""
+  validate_dataset_name(name)
+  base = _base_and_config(name)[0]
+  if base not in VALIDATION_EXAMPLES:
+    raise SltError(f'Dataset {name!r} has no validation split; datasets with one: '
+                   f'{", ".join(sorted(VALIDATION_EXAMPLES))}.')
+  return f'train[-{VALIDATION_EXAMPLES[base]}:]'
+
+
+def evaluation_split(name: str, which: str) -> str:
+  """The split of `which` ('test': the held-out split of reported numbers; 'validation')."""
+  if which == 'test':
+    return held_out_split(name)
+  if which == 'validation':
+    return validation_split(name)
+  raise SltError(f'Unknown evaluation split {which!r}; choose test or validation.')
+
+
+def validate_image_size(name: str, image_size: int) -> None:
+  """SltError unless `name` may be used at `image_size` (`SUPPORTED_IMAGE_SIZES`)."""
+  allowed = SUPPORTED_IMAGE_SIZES.get(_base_and_config(name)[0])
+  if allowed is not None and image_size not in allowed:
+    raise SltError(f'{name} is supported at image_size {" or ".join(map(str, allowed))}, '
+                   f'got {image_size}.')
+
+
+def prepare(name: str, data_dir: str | None = None, source_dir: str = '') -> None:
+  """Makes `name` loadable from `data_dir`, offline where it can (an explicit first step).
+
+  `digits` is built from scikit-learn's copy; `fashion_mnist` from the IDX files in
+  `source_dir` (default Debian's `/usr/share/datasets/fashion-mnist`) unless TFDS already has
+  it; any other dataset must already be prepared. Raises SltError (one line) otherwise.
+  """
+  validate_dataset_name(name)
+  if _base_and_config(name)[0] == FASHION_MNIST:
+    fashion_mnist.prepare(data_dir, source_dir or fashion_mnist.DEFAULT_IDX_DIR)
+  _prepared_builder(name, data_dir)
+
+
 def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """Returns the builder of `name`, preparing `digits` offline; SltError if another is missing."""
+  if _base_and_config(name)[0] == FASHION_MNIST:
+    fashion_mnist.prepare(data_dir, fashion_mnist.DEFAULT_IDX_DIR)  # No-op once prepared.
   builder = tfds.builder(name, data_dir=data_dir)
   if _base_and_config(name)[0] == DIGITS:
     if not builder.is_prepared():
@@ -148,8 +205,8 @@ def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuild
     where = (data_dir if data_dir is not None
              else 'the default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)')
     flag = f' --data_dir={data_dir}' if data_dir is not None else ''
-    raise SltError(f'Dataset {name!r} is not prepared in {where} and this machine is offline: '
-                   f'run `tfds build {name}{flag}` on a machine with internet access and copy '
+    raise SltError(f'Dataset {name!r} is not prepared in {where}: run '
+                   f'`tfds build {name}{flag}` on a machine with internet access and copy '
                    'the data_dir here.')
   return builder
 

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from slt_tf import classifiers
 from slt_tf import data
 from slt_tf import features
 from slt_tf import images as images_lib
@@ -597,16 +598,37 @@ class Evaluator:
     return result
 
 
+_DEFAULT_EVAL_NETWORKS = {data.DIGITS: "digits_eval_cnn", data.FASHION_MNIST: "fashion_eval_cnn"}
+
+
+def real_reference_metrics(evaluator: Evaluator, images_dataset: tf.data.Dataset,
+                           num_samples: int) -> dict[str, Any]:
+  """The metrics of `num_samples` REAL images (e.g. training images) against the evaluator's
+  real set: what a perfect generator reaches with that many samples. Images are quantised to
+  uint8 like generated ones."""
+  quantised = _image_batches(images_dataset).map(lambda x: dequantize(quantize_to_uint8(x)))
+  embeddings, logits = _compute_real_activations(quantised, evaluator.eval_network, num_samples,
+                                                 progress=False)
+  result: dict[str, Any] = dict(evaluator.info)
+  result.update(compute_metrics(evaluator.real_embeddings, evaluator.real_logits, embeddings,
+                                logits))
+  result.update(num_samples=num_samples, num_real=int(len(evaluator.real_embeddings)),
+                eval_network=evaluator.eval_network.name)
+  return result
+
+
 def default_eval_network(dataset_name: str) -> str:
-  """The eval network when the config leaves it empty: digits_eval_cnn for digits, else Inception."""
-  return "digits_eval_cnn" if dataset_name == data.DIGITS else "inception_v3"
+  """The eval network when the config leaves it empty: the dataset's own classifier where it
+  has one (digits, fashion_mnist), else Inception."""
+  return _DEFAULT_EVAL_NETWORKS.get(dataset_name, "inception_v3")
 
 
 def build_evaluator(*, dataset_name: str, image_size: int, data_dir: str | None = None,
                     eval_network: str = "", weights: str | None = "default",
                     cache_dir: str | None = None, num_samples: int, batch_size: int = 250,
-                    progress: bool = False) -> Evaluator:
-  """An Evaluator on the held-out split of `dataset_name` (`data.held_out_split`).
+                    progress: bool = False, split: str = "test",
+                    source_dir: str = "") -> Evaluator:
+  """An Evaluator on the held-out (or validation) split of `dataset_name`.
 
   Args:
     dataset_name: 'digits' or a TFDS name.
@@ -619,16 +641,22 @@ def build_evaluator(*, dataset_name: str, image_size: int, data_dir: str | None 
     num_samples: generated samples per evaluation.
     batch_size: images per generator / eval network call.
     progress: show progress bars.
+    split: "test" (`data.held_out_split`: reported numbers) or "validation"
+      (`data.validation_split`: where hyperparameters are chosen).
+    source_dir: local source files of the dataset (`data.prepare`).
 
   Returns:
     The Evaluator; its `info` holds dataset, split, image_size.
   """
   eval_network = eval_network or default_eval_network(dataset_name)
   cache_dir = os.path.expanduser(cache_dir or features.DEFAULT_CACHE_DIR)
+  split = data.evaluation_split(dataset_name, split)
+  data.prepare(dataset_name, data_dir, source_dir)
+  if eval_network in classifiers.RECIPES and weights == "default":
+    classifiers.prepare(eval_network, image_size, cache_dir=cache_dir, data_dir=data_dir)
   channels = data.num_channels(dataset_name)
   network = features.build_eval_network(eval_network, image_size=image_size, channels=channels,
                                         weights=weights, cache_dir=cache_dir, data_dir=data_dir)
-  split = data.held_out_split(dataset_name)
   images = data.load_images(dataset_name, split, image_size=image_size, batch_size=batch_size,
                             data_dir=data_dir)
   images = images.unbatch().take(MAX_REAL_EXAMPLES).batch(batch_size)
@@ -645,11 +673,12 @@ def build_evaluator(*, dataset_name: str, image_size: int, data_dir: str | None 
 
 def evaluator_from_config(config: Any, *, num_samples: int | None = None,
                           batch_size: int = 250, cache_dir: str | None = None,
-                          progress: bool = False) -> Evaluator:
+                          progress: bool = False, split: str | None = None) -> Evaluator:
   """`build_evaluator` with the arguments a run's config gives (ConfigDict or its JSON dict).
 
   Reads dataset.{name, image_size, data_dir}, eval.{network, weights, num_samples} and
-  features.cache_dir ("" means the default cache); `num_samples` and `cache_dir` override.
+  features.cache_dir ("" means the default cache); `num_samples`, `cache_dir` and `split`
+  (default eval.split) override.
   """
   dataset, eval_config = config["dataset"], config["eval"]
   weights = eval_config["weights"]
@@ -659,7 +688,8 @@ def evaluator_from_config(config: Any, *, num_samples: int | None = None,
       weights=None if weights == "none" else weights,
       cache_dir=cache_dir or config["features"]["cache_dir"] or None,
       num_samples=int(num_samples or eval_config["num_samples"]), batch_size=batch_size,
-      progress=progress)
+      progress=progress, split=split or eval_config.get("split", "test"),
+      source_dir=dataset.get("source_dir", ""))
 
 
 def write_scalars(log_dir: str, step: int, metrics: Mapping[str, Any]) -> None:

@@ -14,22 +14,25 @@ and return the activations of several layers, flattened per sample and concatena
 - `digits_cnn`: a small classifier trained on the embedded `digits` train split on first use and
   cached; features are its three ReLU activations (conv32/2, conv64/2, dense128).
 
+- `fashion_cnn`, `fashion_inception`: Fashion-MNIST classifiers (`slt_tf.classifiers`, trained
+  by an explicit step, only loaded here); features are their tapped layers, flattened.
+
 Evaluation networks (FID / KID / IS / PRDC) return (embedding, logits):
 
 - `inception_v3`: pool3 (2048-d average pool of mixed10) and the 1000 ImageNet logits at 299x299.
 - `digits_eval_cnn`: a different, deeper and wider classifier with batch norm and another seed,
   trained the same way; embedding = its 256-d penultimate layer, logits = its 10-way last layer.
 
+- `fashion_eval_cnn`: an independent Fashion-MNIST classifier (`slt_tf.classifiers`).
+
 Every network is frozen (no trainable weights, batch norm in inference mode) and carries a
 `fingerprint`: sha256 over its name, tapped layers, input shape and all weight bytes, so caches
 keyed by it (real feature moments) are never reused for other weights.
 """
 
-import contextlib
 import hashlib
 import json
 import os
-import random
 import time
 from typing import Any, Callable
 
@@ -38,13 +41,13 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_framework_config  # Op-determinism state.
 
+from slt_tf import classifiers
 from slt_tf import errors
 
-FEATURE_NETWORKS = ("inception_v3", "vgg19", "digits_cnn")
-EVAL_NETWORKS = ("inception_v3", "digits_eval_cnn")
-DEFAULT_CACHE_DIR = "~/.cache/slt_tf"
+FEATURE_NETWORKS = ("inception_v3", "vgg19", "digits_cnn", "fashion_cnn", "fashion_inception")
+EVAL_NETWORKS = ("inception_v3", "digits_eval_cnn", "fashion_eval_cnn")
+DEFAULT_CACHE_DIR = classifiers.DEFAULT_CACHE_DIR
 
 _INCEPTION_FEATURE_LAYERS = tuple(f"mixed{i}" for i in range(11))
 _INCEPTION_MIN_SIZE = 75
@@ -186,30 +189,6 @@ def _fingerprint(*, name: str, layer_names: tuple[str, ...], preprocessing: str,
   return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _python_random_seed(seed: int):
-  """Seeds Python's `random` (unseeded keras initialisers draw seeds from it), then restores it."""
-  state = random.getstate()
-  random.seed(seed)
-  try:
-    yield
-  finally:
-    random.setstate(state)
-
-
-@contextlib.contextmanager
-def _deterministic_ops():
-  """Enables TF op determinism for the block, restoring the previous setting afterwards."""
-  was_enabled = tf_framework_config.is_op_determinism_enabled()
-  if not was_enabled:
-    tf_framework_config.enable_op_determinism()
-  try:
-    yield
-  finally:
-    if not was_enabled:
-      tf_framework_config.disable_op_determinism()
-
-
 def _check_arguments(kind: str, name: str, allowed: tuple[str, ...], image_size: int,
                      channels: int) -> None:
   if name not in allowed:
@@ -236,6 +215,8 @@ def _one_line(error: Exception) -> str:
 def _weights_choices(name: str) -> str:
   if name.startswith("digits"):
     return "'default' (train on digits or load from the cache), None (random) or a weights file"
+  if name in classifiers.RECIPES:
+    return "'default' (trained by bin/train_classifiers), None (random) or a weights file"
   return "'default' or 'imagenet' (keras download), None (random) or a local weights file"
 
 
@@ -295,7 +276,7 @@ def _imagenet_application(name: str, application: Callable[..., keras.Model], *,
           "weights=<path to the keras applications .h5 file> (or None for random weights).") from e
   if weights is not None:
     weights = _check_weights_file(weights, name)
-  with _python_random_seed(seed):
+  with classifiers.python_random_seed(seed):
     model = application(weights=None, input_shape=input_shape, **kwargs)
   if weights is not None:
     _load_weights_file(model, weights)
@@ -350,6 +331,10 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
     return FeatureNetwork(name, model, input_size=image_size, input_channels=3,
                           preprocessing="caffe", layer_names=_VGG19_RELU_CONV_LAYERS,
                           info=_weights_info(weights))
+  if name in classifiers.RECIPES:
+    model, info = _dataset_classifier(name, image_size, weights, cache_dir)
+    return FeatureNetwork(name, model, input_size=image_size, input_channels=1,
+                          preprocessing="raw", layer_names=classifiers.RECIPES[name].feature_layers, info=info)
   # digits_cnn
   classifier, info = _digits_classifier(
       name, _digits_cnn, tag=_DIGITS_CNN_TAG, epochs=_DIGITS_CNN_EPOCHS, image_size=image_size,
@@ -389,6 +374,10 @@ def build_eval_network(name: str, *, image_size: int, channels: int,
     return EvalNetwork(name, model, input_size=_INCEPTION_EVAL_SIZE, input_channels=3,
                        preprocessing="inception", layer_names=layer_names,
                        info=_weights_info(weights))
+  if name in classifiers.RECIPES:
+    model, info = _dataset_classifier(name, image_size, weights, cache_dir)
+    return EvalNetwork(name, model, input_size=image_size, input_channels=1,
+                       preprocessing="raw", layer_names=classifiers.RECIPES[name].feature_layers, info=info)
   # digits_eval_cnn
   classifier, info = _digits_classifier(
       name, _digits_eval_cnn, tag=_DIGITS_EVAL_CNN_TAG, epochs=_DIGITS_EVAL_CNN_EPOCHS,
@@ -399,6 +388,26 @@ def build_eval_network(name: str, *, image_size: int, channels: int,
                                          for layer in layer_names], name="digits_eval_cnn")
   return EvalNetwork(name, model, input_size=image_size, input_channels=1,
                      preprocessing="digits", layer_names=layer_names, info=info)
+
+
+def _dataset_classifier(name: str, image_size: int, weights: str | None,
+                        cache_dir: str | None) -> tuple[keras.Model, dict[str, Any]]:
+  """A `slt_tf.classifiers` network cut at its tapped layers: trained (loaded from the cache,
+  never trained here), random (weights None) or from a weights file."""
+  if weights == "default":
+    classifier, info = classifiers.load(name, image_size, cache_dir)
+  elif weights is None:
+    classifier, info = classifiers.build(name, image_size), {"weights": "random"}
+  elif weights == "imagenet":
+    raise errors.SltError(f"{name} has no ImageNet weights; pass {_weights_choices(name)}.")
+  else:
+    classifier = classifiers.build(name, image_size)
+    _load_weights_file(classifier, _check_weights_file(weights, name))
+    info = {"weights": weights}
+  layers = classifiers.RECIPES[name].feature_layers
+  model = keras.Model(classifier.input, [classifier.get_layer(layer).output for layer in layers],
+                      name=f"{name}_taps")
+  return model, info
 
 
 def _digits_cnn(image_size: int, seed: int) -> keras.Model:
@@ -501,7 +510,7 @@ def _train_digits_classifier(classifier: keras.Model, *, name: str, epochs: int,
       optimizer=keras.optimizers.Adam(_DIGITS_LEARNING_RATE),
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=["accuracy"], jit_compile=False)
-  with _deterministic_ops():
+  with classifiers.deterministic_ops():
     history = classifier.fit(train, epochs=epochs, shuffle=False, verbose=0)
   correct = total = 0
   for images, labels in test:

@@ -24,6 +24,8 @@ from slt_tf import errors
 
 DENSE = "dense"
 FLOOR = "untrained"
+REAL = "real data"  # Real training images scored like a generator: what a perfect one reaches.
+GLOBAL = "global_edge_popup"
 # Metrics in the tables (lower is better for fid and kid, higher for the others).
 TABLE_METRICS = ("fid", "kid", "inception_score", "precision", "recall", "density", "coverage")
 
@@ -31,26 +33,30 @@ TABLE_METRICS = ("fid", "kid", "inception_score", "precision", "recall", "densit
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training run of the sweep: dense, or a ticket keeping `keep_fraction` of the weights."""
-  method: str            # "dense" or "edge_popup"
+  method: str            # "dense", "edge_popup" or "global_edge_popup"
   keep_fraction: float | None
   seed: int
 
   @property
   def group(self) -> str:
-    """The table row the run belongs to ("dense" or "keep 0.1")."""
-    return DENSE if self.method == DENSE else f"keep {self.keep_fraction:g}"
+    """The table row the run belongs to ("dense", "keep 0.1" or "global 0.1")."""
+    if self.method == DENSE:
+      return DENSE
+    return f"{'global' if self.method == GLOBAL else 'keep'} {self.keep_fraction:g}"
 
   @property
   def name(self) -> str:
     """Its workdir name under the sweep's base directory."""
-    return (f"dense_s{self.seed}" if self.method == DENSE
-            else f"keep{self.keep_fraction:g}_s{self.seed}")
+    if self.method == DENSE:
+      return f"dense_s{self.seed}"
+    return f"{'global' if self.method == GLOBAL else 'keep'}{self.keep_fraction:g}_s{self.seed}"
 
 
-def grid(seeds: Sequence[int], keep_fractions: Sequence[float]) -> list[Run]:
+def grid(seeds: Sequence[int], keep_fractions: Sequence[float],
+         global_keep_fractions: Sequence[float] = ()) -> list[Run]:
   """Seed-major order: every row's first seed comes before any second seed, so a sweep cut
-  short still has one run per row."""
-  for keep in keep_fractions:
+  short still has one run per row. Per seed: dense, edge-popup tickets, global edge-popup."""
+  for keep in list(keep_fractions) + list(global_keep_fractions):
     if not 0.0 < keep <= 1.0:
       raise errors.SltError(f"keep fractions must be in (0, 1], got {keep}.")
   if not seeds:
@@ -59,6 +65,7 @@ def grid(seeds: Sequence[int], keep_fractions: Sequence[float]) -> list[Run]:
   for seed in seeds:
     runs.append(Run(DENSE, None, int(seed)))
     runs.extend(Run("edge_popup", float(keep), int(seed)) for keep in keep_fractions)
+    runs.extend(Run(GLOBAL, float(keep), int(seed)) for keep in global_keep_fractions)
   return runs
 
 
@@ -81,6 +88,26 @@ def trained_step(workdir: str) -> int:
   return int(path.rsplit("-", 1)[1]) if path else 0
 
 
+_TRAIN_SECONDS_FILE = "train_seconds.json"
+
+
+def train_seconds(workdir: str) -> float | None:
+  """Wall seconds the sweep spent training `workdir` (all resumptions added), if recorded."""
+  recorded = read_metrics(os.path.join(workdir, _TRAIN_SECONDS_FILE))
+  return None if recorded is None else float(recorded["seconds"])
+
+
+def add_train_seconds(workdir: str, seconds: float) -> None:
+  write_json(os.path.join(workdir, _TRAIN_SECONDS_FILE),
+             {"seconds": (train_seconds(workdir) or 0.0) + seconds})
+
+
+def write_json(path: str, values: dict[str, Any]) -> None:
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    json.dump(values, f, indent=2, sort_keys=True)
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
 def read_metrics(path: str) -> dict[str, Any] | None:
   """A metrics.json as a dict, or None when the file does not exist."""
   if not tf.io.gfile.exists(path):
@@ -90,11 +117,15 @@ def read_metrics(path: str) -> dict[str, Any] | None:
 
 
 def _row_order(group: str) -> tuple[int, float]:
-  if group == DENSE:
-    return (0, 0.0)
-  if group == FLOOR:
-    return (2, 0.0)
-  return (1, float(group.split()[1]))
+  fixed = {DENSE: 0, FLOOR: 3, REAL: 4}
+  if group in fixed:
+    return (fixed[group], 0.0)
+  kind, keep = group.split()
+  return (1 if kind == "keep" else 2, float(keep))
+
+
+def _keep_fraction(group: str) -> float | None:
+  return None if group in (DENSE, FLOOR, REAL) else float(group.split()[1])
 
 
 def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -115,7 +146,7 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
   for group in sorted(groups, key=_row_order):
     members = groups[group]
     row = {"group": group,
-           "keep_fraction": None if group in (DENSE, FLOOR) else float(group.split()[1]),
+           "keep_fraction": _keep_fraction(group),
            "num_runs": len(members),
            "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"]))}
     for metric in TABLE_METRICS:
@@ -142,7 +173,7 @@ def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
 def runs_csv(results: Sequence[dict[str, Any]]) -> str:
   """Per-run results as CSV text."""
   columns = ["group", "seed", "step", "num_samples", "num_real"] + list(TABLE_METRICS) + [
-      "samples_per_second", "peak_memory_mb"]
+      "train_seconds", "samples_per_second", "peak_memory_mb"]
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
   writer.writeheader()
@@ -203,8 +234,9 @@ def plot(rows: Sequence[dict[str, Any]], path: str, *, title: str = "") -> None:
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
 
-  tickets = sorted((r for r in rows if r["keep_fraction"] is not None and r["fid_mean"] is not None),
-                   key=lambda r: r["keep_fraction"])
+  tickets = sorted((r for r in rows if r["group"].startswith("keep ")
+                    and r["fid_mean"] is not None), key=lambda r: r["keep_fraction"])
+  global_rows = [r for r in rows if r["group"].startswith("global ") and r["fid_mean"] is not None]
   by_group = {row["group"]: row for row in rows}
   figure, axes = pyplot.subplots(figsize=(6, 4), dpi=120)
   lo, hi = 0.03, 1.0
@@ -219,6 +251,14 @@ def plot(rows: Sequence[dict[str, Any]], path: str, *, title: str = "") -> None:
   if floor is not None and floor["fid_mean"] is not None:
     axes.axhline(floor["fid_mean"], color="tab:gray", linestyle="--",
                  label="untrained random generator")
+  real = by_group.get(REAL)
+  if real is not None and real["fid_mean"] is not None:
+    axes.axhline(real["fid_mean"], color="tab:green", linestyle=":",
+                 label="real training images (perfect generator)")
+  if global_rows:
+    axes.errorbar([r["keep_fraction"] for r in global_rows], [r["fid_mean"] for r in global_rows],
+                  yerr=[r["fid_std"] or 0.0 for r in global_rows], marker="s", linestyle="none",
+                  capsize=4, color="tab:purple", label="global edge-popup, mean ± std")
   if tickets:
     axes.errorbar([r["keep_fraction"] for r in tickets], [r["fid_mean"] for r in tickets],
                   yerr=[r["fid_std"] or 0.0 for r in tickets], marker="o", capsize=4,

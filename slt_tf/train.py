@@ -27,6 +27,8 @@ import tensorflow as tf
 
 from slt_tf import config_schema as default_config
 from slt_tf import callbacks as callbacks_lib
+from slt_tf import checkpoints
+from slt_tf import classifiers
 from slt_tf import data
 from slt_tf import distribution
 from slt_tf import errors
@@ -38,8 +40,11 @@ from slt_tf import model as model_lib
 from slt_tf import moments
 from slt_tf import sampling
 from slt_tf import ticket as ticket_lib
+from slt_tf import workdir_lock
 
-# Keys that may change when a run is resumed (more steps, other logging); all others may not.
+# Keys that may change when a run is resumed (more steps, other logging): the ticket does not
+# depend on them (resume_test checks it for each). `resumable_keys(config)` drops num_steps
+# under lr_schedule=cosine, whose decay length it sets. All other keys may not change.
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every_steps", "log_every_steps",
                   "sample_every_steps", "num_sample_images", "eval.")
 TICKET_FILE = "ticket.slt"
@@ -81,11 +86,33 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.SltError(f"unknown feature network {config.features.name!r}; choose one of "
                           f"{', '.join(features.FEATURE_NETWORKS)}")
   for key in ("num_steps", "batch_size", "checkpoint_every_steps", "log_every_steps",
-              "sample_every_steps"):
+              "sample_every_steps", "num_sample_images"):
     if int(config[key]) <= 0:
       raise errors.SltError(f"{key} must be a positive integer, got {config[key]}")
+  _check_range("seed", config.seed, 0, ticket_lib.MAX_SEED)
+  _check_range("generator.latent_dim", config.generator.latent_dim, 1, ticket_lib.MAX_LATENT_DIM)
+  for value in config.generator.filters:
+    _check_range("each of generator.filters", value, 1, ticket_lib.MAX_FILTERS)
+  _check_range("eval.every_steps", config.eval.every_steps, 0, None)
   data.validate_dataset_name(config.dataset.name)
-  generator_spec(config, channels=1).resolved_filters()
+  data.validate_image_size(config.dataset.name, config.dataset.image_size)
+  if config.eval.split not in ("test", "validation"):
+    raise errors.SltError(f"unknown eval.split {config.eval.split!r}; choose test or validation")
+  spec = generator_spec(config, channels=1)
+  spec.resolved_filters()
+  num_weights = sum(int(np.prod(shape)) for key, shape in ticket_lib.expected_arrays(spec).items()
+                    if "/moving_" not in key)
+  if num_weights > ticket_lib.MAX_WEIGHTS:
+    raise errors.SltError(f"the generator would have {num_weights} weights; at most "
+                          f"{ticket_lib.MAX_WEIGHTS} are allowed (smaller generator.filters or "
+                          "generator.latent_dim)")
+
+
+def _check_range(key: str, value, low: int, high: int | None) -> None:
+  if (isinstance(value, bool) or not isinstance(value, int) or value < low
+      or (high is not None and value > high)):
+    allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+    raise errors.SltError(f"{key} must be an integer {allowed}, got {value!r}")
 
 
 def generator_spec(config: ml_collections.ConfigDict, channels: int) -> generators.GeneratorSpec:
@@ -97,28 +124,50 @@ def generator_spec(config: ml_collections.ConfigDict, channels: int) -> generato
       scale_fan=g.scale_fan, mask_bias=g.mask_bias, seed=config.seed)
 
 
-def _resumable(key: str) -> bool:
-  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+def resumable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """RESUMABLE_KEYS, less num_steps under lr_schedule=cosine (the decay length)."""
+  if config.lr_schedule == "cosine":
+    return tuple(k for k in RESUMABLE_KEYS if k != "num_steps")
+  return RESUMABLE_KEYS
+
+
+def _resumable(key: str, keys: tuple[str, ...] = RESUMABLE_KEYS) -> bool:
+  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool = True) -> None:
   """Refuses a workdir that holds a run with a different config; writes config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
   resolved = config.to_dict()
+  if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
+    raise errors.SltError(f"workdir {workdir} is a file; pass a directory (new or of a "
+                          "previous run)")
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       try:
-        previous = _flatten(json.load(f))
-      except json.JSONDecodeError as e:
-        raise errors.SltError(f"{path} is not valid JSON ({e}); use a new --workdir") from e
+        previous = json.load(f)
+      except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError.
+        raise errors.SltError(f"{path} is not valid JSON ({type(e).__name__}); use a new "
+                              "--workdir") from None
+    if not isinstance(previous, dict):
+      raise errors.SltError(f"{path} holds a JSON {type(previous).__name__}, not a slt_tf "
+                            "config object; use a new --workdir")
+    previous = _flatten(previous)
     current = _flatten(json.loads(json.dumps(resolved)))
+    keys = resumable_keys(config)
     differing = sorted(k for k in set(previous) | set(current)
-                       if previous.get(k) != current.get(k) and not _resumable(k))
+                       if previous.get(k) != current.get(k) and not _resumable(k, keys))
     if differing:
+      cosine = (" (num_steps sets the length of lr_schedule=cosine, so it cannot change on "
+                "resume)" if "num_steps" in differing and "num_steps" not in keys else "")
       raise errors.SltError(
           f"workdir {workdir} holds a run with a different config ("
           + ", ".join(f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differing)
-          + "); use a new --workdir or the same config")
+          + f"){cosine}; use a new --workdir or the same config")
+  elif tf.io.gfile.exists(os.path.join(workdir, "checkpoints")) and tf.io.gfile.listdir(
+      os.path.join(workdir, "checkpoints")):
+    raise errors.SltError(f"workdir {workdir} holds checkpoints but no {CONFIG_FILE}; their "
+                          "config is unknown: use a new --workdir")
   if write:
     tf.io.gfile.makedirs(workdir)
     with tf.io.gfile.GFile(path + ".tmp", "w") as f:
@@ -132,6 +181,19 @@ def _cache_dir(config) -> str:
 
 def _weights(value: str):
   return None if value == "none" else value
+
+
+def prepare_inputs(config) -> None:
+  """The explicit first step, before anything is built: the dataset (offline where possible)
+  and the dataset classifiers the loss and the periodic evaluation use (trained once, cached)."""
+  data.prepare(config.dataset.name, config.dataset.data_dir or None, config.dataset.source_dir)
+  names = [config.features.name] if config.features.weights == "default" else []
+  if config.eval.every_steps and config.eval.weights == "default":
+    names.append(config.eval.network or evaluation.default_eval_network(config.dataset.name))
+  for name in names:
+    if name in classifiers.RECIPES:
+      classifiers.prepare(name, config.dataset.image_size, cache_dir=_cache_dir(config),
+                          data_dir=config.dataset.data_dir or None)
 
 
 def feature_network(config, channels: int):
@@ -176,27 +238,27 @@ def build_model(config, strategy, channels: int, real_mean, real_variance):
 
 
 def checkpoint_manager(search, workdir: str) -> tf.train.CheckpointManager:
+  """The run's checkpoints (W/checkpoints); a failed save (disk full) is a one-line SltError."""
   # The metric trackers too, so that a resumed run logs the same averages.
   checkpoint = tf.train.Checkpoint(generator=search.generator, model=search,
                                    optimizer=search.optimizer,
                                    metrics={t.name: t.variables for t in search.metrics})
-  return tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=3)
+  return checkpoints.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=3)
 
 
-def restore(manager: tf.train.CheckpointManager, directory: str | None = None) -> int:
-  """Restores the latest checkpoint of `directory` (default: the manager's) if any; returns the
-  step. A bad one raises SltError. Only checkpoints named in the atomically written
-  `checkpoint` state file count: a save cut short is never loaded."""
-  path = tf.train.latest_checkpoint(directory) if directory else manager.latest_checkpoint
+def restore(manager: tf.train.CheckpointManager, path: str | None) -> int:
+  """Restores checkpoint `path` (from `checkpoints.resume_point`; None: a fresh start) and
+  returns its step. One that does not fit the model raises SltError."""
   if path is None:
     return 0
   try:
     manager.checkpoint.restore(path).assert_existing_objects_matched()
   except Exception as e:  # pylint: disable=broad-except  # TF raises many types; re-raised.
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise errors.SltError(f"cannot restore checkpoint {path} ({reason}); it is corrupt or from "
-                          "another model: move it away or use a new --workdir") from e
+    raise errors.SltError(f"cannot restore checkpoint {path} ({reason}); it is from another "
+                          f"model or corrupt: resume from an older one with "
+                          f"{checkpoints.RESUME_FLAG}=ckpt-N or use a new --workdir") from None
   step = int(manager.checkpoint.optimizer.iterations.numpy())
   logging.info("Resumed from %s at step %d.", path, step)
   return step
@@ -220,26 +282,37 @@ def shared_real_moments(config, strategy, channels: int) -> tuple[np.ndarray, np
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       strategy: tf.distribute.Strategy | None = None) -> dict:
+                       strategy: tf.distribute.Strategy | None = None,
+                       resume_from: str | None = None) -> dict:
   """Runs (or resumes) the search; returns a summary (step, ticket path, sizes, SHA-256).
 
   Raises:
     SltError: bad config or workdir; callbacks.NonFiniteError when the loss or a score becomes
-      NaN/Inf (naming the step); callbacks.Preempted after SIGTERM (a checkpoint was saved).
+      NaN/Inf (naming the step); callbacks.Preempted after SIGTERM or SIGINT (a checkpoint
+      was saved).
   """
   validate_config(config)
   prepare_workdir(config, workdir, write=False)
-  strategy = strategy or distribution.make_strategy()
-  if distribution.is_chief(strategy):
-    return _train(config, workdir, workdir, strategy)
-  write_dir = tempfile.mkdtemp(prefix="slt_worker_")
-  try:
-    return _train(config, workdir, write_dir, strategy)
-  finally:
-    shutil.rmtree(write_dir, ignore_errors=True)
+  workdir_lock.check_writable_directory(_cache_dir(config), "features.cache_dir")
+  chief = workdir_lock.is_chief_task()
+  # Before anything is prepared or built: one run per workdir, and a resume point that never
+  # silently starts over (slt_tf/checkpoints.py).
+  with workdir_lock.WorkdirLock(workdir, enabled=chief):
+    resume = checkpoints.resume_point(os.path.join(workdir, "checkpoints"), resume_from,
+                                      config.num_steps, adopt=chief)
+    prepare_inputs(config)
+    strategy = strategy or distribution.make_strategy()
+    if distribution.is_chief(strategy):
+      return _train(config, workdir, workdir, strategy, resume)
+    write_dir = tempfile.mkdtemp(prefix="slt_worker_")
+    try:
+      return _train(config, workdir, write_dir, strategy, resume)
+    finally:
+      shutil.rmtree(write_dir, ignore_errors=True)
 
 
-def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strategy) -> dict:
+def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strategy,
+           resume: str | None) -> dict:
   """The run; resumes from `workdir`, writes to `write_dir` (the workdir, or a worker's tmp)."""
   if config.batch_size % strategy.num_replicas_in_sync:
     raise errors.SltError(f"batch_size {config.batch_size} is not divisible by the "
@@ -248,7 +321,7 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
   real_mean, real_variance = shared_real_moments(config, strategy, channels)
   search = build_model(config, strategy, channels, real_mean, real_variance)
   manager = checkpoint_manager(search, write_dir)
-  start = restore(manager, os.path.join(workdir, "checkpoints"))
+  start = restore(manager, resume)
   prepare_workdir(config, write_dir)
 
   batch = config.batch_size

@@ -30,6 +30,14 @@ METRICS_FILE = "metrics.json"
 UNTRAINED_METRICS_FILE = "metrics_untrained.json"
 
 
+def metrics_path(workdir: str, *, untrained: bool = False, split: str = "test") -> str:
+  """W/metrics.json (test split), W/metrics_untrained.json; other splits add `_<split>`."""
+  name = UNTRAINED_METRICS_FILE if untrained else METRICS_FILE
+  if split != "test":
+    name = name.replace(".json", f"_{split}.json")
+  return os.path.join(workdir, name)
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's resolved config from W/config.json; SltError when it is missing or broken."""
   path = os.path.join(workdir, train.CONFIG_FILE)
@@ -66,7 +74,7 @@ def restore_generator(config: ml_collections.ConfigDict,
 
 def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size: int = 250,
                      cache_dir: str | None = None, untrained: bool = False,
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False, split: str = "test") -> dict[str, Any]:
   """Evaluates the run in `workdir` and writes its metrics file and TensorBoard scalars.
 
   The generator runs in inference mode (batch-norm moving statistics) on the fixed latents of
@@ -83,6 +91,8 @@ def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size
     untrained: evaluate the generator as initialised (step 0, nothing restored; a ticket
       uses its initial scores' mask) and write metrics_untrained.json: the floor.
     progress: show progress bars.
+    split: "test" (reported numbers) or "validation" (tuning; written to
+      metrics_validation.json).
 
   Returns:
     The metrics dict that was written (see `evaluation.Evaluator.__call__`, plus step,
@@ -99,12 +109,12 @@ def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size
     step = checkpoint_step(checkpoint)
   evaluator = evaluation.evaluator_from_config(config, num_samples=num_samples,
                                                batch_size=batch_size, cache_dir=cache_dir,
-                                               progress=progress)
+                                               progress=progress, split=split)
   metrics = evaluator(generator, progress=progress)
   metrics.update(step=step, checkpoint=checkpoint, untrained=untrained, method=config.method,
                  keep_fraction=config.keep_fraction, seed=config.seed,
                  seconds=time.perf_counter() - start_time)
-  path = os.path.join(workdir, UNTRAINED_METRICS_FILE if untrained else METRICS_FILE)
+  path = metrics_path(workdir, untrained=untrained, split=split)
   with tf.io.gfile.GFile(path + ".tmp", "w") as f:
     json.dump(metrics, f, indent=2, sort_keys=True)
   tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
@@ -112,4 +122,21 @@ def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size
   logging.info("Wrote %s: fid=%.4g kid=%.4g; %d samples at %.1f samples/s, peak memory %.0f MiB.",
                path, metrics["fid"], metrics["kid"], metrics["num_samples"],
                metrics["samples_per_second"], metrics["peak_memory_mb"])
+  return metrics
+
+
+def real_reference(workdir: str, *, num_samples: int, split: str = "test",
+                   batch_size: int = 250) -> dict[str, Any]:
+  """`num_samples` real TRAINING images of the run's dataset scored like a generator against
+  the evaluation split (`evaluation.real_reference_metrics`): the floor a perfect generator
+  reaches under the same eval network and sample count."""
+  config = load_config(workdir)
+  evaluator = evaluation.evaluator_from_config(config, num_samples=num_samples,
+                                               batch_size=batch_size, split=split)
+  name = config.dataset.name
+  images = data.load_images(name, data.training_split(name),
+                            image_size=int(config.dataset.image_size), batch_size=batch_size,
+                            data_dir=config.dataset.data_dir or None)
+  metrics = evaluation.real_reference_metrics(evaluator, images, num_samples)
+  metrics.update(training_split=data.training_split(name))
   return metrics

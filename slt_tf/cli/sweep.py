@@ -40,6 +40,12 @@ _DENSE_BASE_DIR = flags.DEFINE_string("dense_base_dir", None, "Directory of the 
 _RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Where the tables and the plot go "
                                    "(default: --base_dir).")
 _FLOOR = flags.DEFINE_bool("floor", True, "Evaluate the untrained generator of each dense run.")
+_GLOBAL_KEEP_FRACTIONS = flags.DEFINE_list("global_keep_fractions", [], "Keep fractions of "
+                                           "global edge-popup tickets (comma-separated).")
+_REAL_REFERENCE = flags.DEFINE_bool("real_reference", True, "Also score num_samples real "
+                                    "training images: the row a perfect generator reaches.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation"], "Real images the runs are "
+                           "scored against: test (reported numbers) or validation (tuning).")
 
 
 def _parse(values, kind, what):
@@ -67,7 +73,9 @@ def main(argv):
     raise errors.SltError(f"--config={_CONFIG.value} is not a file; e.g. configs/digits.py")
   num_steps = _NUM_STEPS.value or runpy.run_path(_CONFIG.value)["get_config"]().num_steps
   runs = sweep.grid(_parse(_SEEDS.value, int, "seeds"),
-                    _parse(_KEEP_FRACTIONS.value, float, "keep_fractions"))
+                    _parse(_KEEP_FRACTIONS.value, float, "keep_fractions"),
+                    _parse(_GLOBAL_KEEP_FRACTIONS.value, float, "global_keep_fractions"))
+
   base_dir = _BASE_DIR.value
   os.makedirs(base_dir, exist_ok=True)
   results, missing = [], []
@@ -82,24 +90,37 @@ def main(argv):
         command += [f"--config.{override}" for override in _DENSE_OVERRIDES.value]
       logging.info("Training %s: %s", run.name, " ".join(command))
       os.makedirs(run_dir, exist_ok=True)
+      train_start = time.time()
       with open(os.path.join(run_dir, f"{run.name}.train.log"), "a") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+      sweep.add_train_seconds(workdir, time.time() - train_start)
     step = sweep.trained_step(workdir)
     if step < num_steps:
       missing.append(f"{run.name} (step {step} of {num_steps})")
       continue
-    metrics = sweep.read_metrics(os.path.join(workdir, workdir_evaluation.METRICS_FILE))
+    metrics = sweep.read_metrics(workdir_evaluation.metrics_path(workdir, split=_SPLIT.value))
     if (metrics is None or metrics["step"] != step
         or metrics["num_samples"] != _NUM_SAMPLES.value):
-      metrics = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value)
-    results.append(dict(metrics, group=run.group, seed=run.seed))
+      metrics = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value,
+                                                    split=_SPLIT.value)
+    results.append(dict(metrics, group=run.group, seed=run.seed,
+                        train_seconds=sweep.train_seconds(workdir)))
     if _FLOOR.value and run.method == sweep.DENSE:
-      path = os.path.join(workdir, workdir_evaluation.UNTRAINED_METRICS_FILE)
-      floor = sweep.read_metrics(path)
+      floor = sweep.read_metrics(
+          workdir_evaluation.metrics_path(workdir, untrained=True, split=_SPLIT.value))
       if floor is None or floor["num_samples"] != _NUM_SAMPLES.value:
         floor = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value,
-                                                    untrained=True)
+                                                    untrained=True, split=_SPLIT.value)
       results.append(dict(floor, group=sweep.FLOOR, seed=run.seed))
+  if _REAL_REFERENCE.value and results:
+    path = os.path.join(base_dir, f"real_reference_{_SPLIT.value}.json")
+    reference = sweep.read_metrics(path)
+    if reference is None or reference["num_samples"] != _NUM_SAMPLES.value:
+      reference = workdir_evaluation.real_reference(
+          os.path.join(base_dir, runs[0].name), num_samples=_NUM_SAMPLES.value,
+          split=_SPLIT.value)
+      sweep.write_json(path, reference)
+    results.append(dict(reference, group=sweep.REAL, seed=0))
   results_dir = _RESULTS_DIR.value or base_dir
   os.makedirs(results_dir, exist_ok=True)
   dense_note = f", dense {' '.join(_DENSE_OVERRIDES.value)}" if _DENSE_OVERRIDES.value else ""

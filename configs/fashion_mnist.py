@@ -1,0 +1,30 @@
+"""Fashion-MNIST: a ticket keeping 10% of a random 32x32 DCGAN generator (the real-data claim).
+
+Command (the first run also prepares the data set from Debian's IDX files and trains the
+Fashion-MNIST classifiers, see bin/train_classifiers):
+  apt-get install -y dataset-fashion-mnist
+  python -m bin.find_ticket --config=configs/fashion_mnist.py --workdir=runs/fashion
+  python -m bin.evaluate --workdir=runs/fashion              # FID etc. on the 10,000 test images
+Dense GFMN baseline (same loss, same budget, kernels trained): configs/fashion_mnist_dense.py.
+Hyperparameters were chosen on the validation split (the last 10,000 training images, which
+training statistics never see); docs/results.md gives the sweep, its numbers and its time.
+"""
+
+from slt_tf import config_schema as default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = "fashion_mnist"
+  config.dataset.image_size = 32
+  config.generator.name = "dcgan"
+  config.features.name = "fashion_cnn"
+  config.num_steps = 2000
+  config.batch_size = 64
+  config.learning_rate = 3e-3
+  config.loss.ama_learning_rate = 1e-3
+  config.checkpoint_every_steps = 500
+  config.sample_every_steps = 500
+  config.log_every_steps = 100
+  config.eval.num_samples = 10000
+  return config
