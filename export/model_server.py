@@ -16,6 +16,13 @@ Status codes follow TF Serving: an unknown model or version is NOT_FOUND (HTTP 4
 shaped or typed input is INVALID_ARGUMENT (HTTP 400); an unknown signature is FAILED_PRECONDITION
 over gRPC (TF Serving's predict_util) and INVALID_ARGUMENT over REST (its JSON input parser),
 both HTTP 400. A failed request never stops the server.
+
+Limits (one request cannot take the process): the model's max_batch_size (checked in its
+graph: INVALID_ARGUMENT / HTTP 400); request bodies and gRPC messages of at most
+MAX_REQUEST_BYTES (HTTP 413 / RESOURCE_EXHAUSTED); a missing, malformed or negative
+Content-Length or JSON nested deeper than Python's parser allows is HTTP 400; a connection
+that sends nothing for SOCKET_TIMEOUT_S is closed; at most `max_workers` predictions run at
+once over each transport.
 """
 
 import base64
@@ -40,8 +47,10 @@ from slt_tf import errors
 _PREDICT_PATH = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)")
 _STATUS_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?")
-# TF Serving sets the gRPC message size limit to INT32_MAX in both directions.
+# Responses may be large (float images); requests are seeds or z rows, small.
 _MAX_MESSAGE_BYTES = 2**31 - 1
+MAX_REQUEST_BYTES = 16 << 20
+SOCKET_TIMEOUT_S = 30.0
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.NOT_FOUND: 404,
@@ -274,6 +283,7 @@ def _make_rest_handler(server: "ModelServer"):
 
   class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S  # A stalled connection is closed (socket.timeout) after this.
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
       logging.debug("REST %s", format % args)
@@ -292,13 +302,41 @@ def _make_rest_handler(server: "ModelServer"):
       except ServingError as e:
         logging.info("REST %s %s failed: %s: %s", self.command, self.path, e.code.name, e.message)
         self._reply(e.http_status, {"error": e.message})
+      except RecursionError:
+        self._reply(400, {"error": "JSON Parse error: the request is nested too deeply"})
+      except Exception as e:  # pylint: disable=broad-except  # Never a dropped connection.
+        logging.exception("REST %s %s failed", self.command, self.path)
+        self._reply(500, {"error": f"internal error: {type(e).__name__}"})
+
+    def _refuse(self, status: int, message: str):
+      """Answers without reading the body, then closes the connection."""
+      self.close_connection = True
+      data = json.dumps({"error": message}).encode("utf-8")
+      self.send_response(status)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(data)))
+      self.send_header("Connection", "close")
+      self.end_headers()
+      self.wfile.write(data)
 
     def do_GET(self):  # pylint: disable=invalid-name
       self._handle(self._status)
 
     def do_POST(self):  # pylint: disable=invalid-name
-      length = int(self.headers.get("Content-Length") or 0)
+      text = self.headers.get("Content-Length")
+      if text is None or not text.strip().isdigit():
+        self._refuse(400 if text is not None else 411,
+                     f"Content-Length must be a non-negative integer, got {str(text)[:40]!r}")
+        return
+      length = int(text)
+      if length > MAX_REQUEST_BYTES:
+        self._refuse(413, f"request body of {length} bytes; at most {MAX_REQUEST_BYTES} are "
+                     "allowed")
+        return
       body = self.rfile.read(length)
+      if len(body) != length:
+        self.close_connection = True
+        return  # The client went away.
       self._handle(lambda: self._predict(body))
 
     def _status(self):
@@ -326,6 +364,9 @@ def _make_rest_handler(server: "ModelServer"):
         request = json.loads(body)
       except (ValueError, UnicodeDecodeError) as e:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}") from e
+      except RecursionError:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "JSON Parse error: the request is nested too deeply") from None
       if not isinstance(request, dict):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            "JSON Parse error: the request must be an object")
@@ -334,7 +375,8 @@ def _make_rest_handler(server: "ModelServer"):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'signature_name' must be a string")
       signature_name, specs = model.input_specs(signature_name, rest=True)
       inputs, row_format = _parse_rest_inputs(request, specs)
-      _, outputs = model.predict(signature_name, inputs, rest=True)
+      with server.predict_slots:
+        _, outputs = model.predict(signature_name, inputs, rest=True)
       return _rest_response(outputs, row_format)
 
   return Handler
@@ -365,6 +407,8 @@ class ModelServer:
     self.model_name = model_name
     self._version = version
     self._max_workers = max_workers
+    # REST answers each connection in a thread: at most max_workers predictions at once.
+    self.predict_slots = threading.BoundedSemaphore(max_workers)
     self._model = None
     self._grpc_server = None
     self._http_server = None
@@ -399,7 +443,7 @@ class ModelServer:
     self._model = _LoadedModel(self.model_name, int(os.path.basename(path)), path)
 
     options = [("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
+               ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)]
     self._grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers),
                                     options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

@@ -3,6 +3,7 @@ TensorBoard, samples."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from slt_tf import errors
 from slt_tf import images
+from slt_tf import summaries
 from slt_tf import ticket as ticket_lib
 
 
@@ -56,7 +58,17 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class Preempted(errors.SltError):
-  """The run received SIGTERM; a checkpoint of the step it stopped at was saved."""
+  """The run received SIGTERM or SIGINT; a checkpoint of the step it stopped at was saved.
+
+  `exit_code` is 128 + the signal number (143, or 130 for Ctrl-C), as a shell reports it.
+  """
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.exit_code = 128 + int(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Both: checkpoint this step, then stop.
 
 
 def save_checkpoint(model: keras.Model, manager: tf.train.CheckpointManager) -> None:
@@ -97,7 +109,8 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
 
 
 class PreemptionCheckpoint(keras.callbacks.Callback):
-  """On SIGTERM: finishes the running step, saves a checkpoint of it and stops training.
+  """On SIGTERM or SIGINT (Ctrl-C): finishes the running step, saves a checkpoint of it and
+  stops training (no KeyboardInterrupt is raised inside TF ops).
 
   `stop_requested` is set by the signal handler (installed for the duration of training, in
   the main thread); multi-worker loops OR it across workers so all stop at the same step.
@@ -109,17 +122,21 @@ class PreemptionCheckpoint(keras.callbacks.Callback):
     self.manager = manager
     self.stop_requested = False
     self.preempted_step = None
-    self._previous_handler = None
+    self.signum = None
+    self._previous_handlers = {}
 
   def _request_stop(self, signum, frame):
     del frame
-    logging.warning("Received signal %d: saving a checkpoint after this step, then stopping.",
-                    signum)
+    if self.signum is None:
+      self.signum = signum
+    logging.warning("Received %s: saving a checkpoint after this step, then stopping.",
+                    signal.Signals(signum).name)
     self.stop_requested = True
 
   def on_train_begin(self, logs=None):
     if threading.current_thread() is threading.main_thread():
-      self._previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+      for signum in STOP_SIGNALS:
+        self._previous_handlers[signum] = signal.signal(signum, self._request_stop)
 
   def on_train_batch_end(self, batch, logs=None):
     if self.stop_requested and self.preempted_step is None:
@@ -128,24 +145,31 @@ class PreemptionCheckpoint(keras.callbacks.Callback):
       self.model.stop_training = True
 
   def on_train_end(self, logs=None):
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    for signum, handler in self._previous_handlers.items():
+      signal.signal(signum, handler)
+    self._previous_handlers = {}
 
   def raise_if_preempted(self) -> None:
     if self.preempted_step is not None:
-      raise Preempted(f"preempted (SIGTERM) at step {self.preempted_step}; checkpoint "
-                      f"{self.manager.latest_checkpoint} saved; rerun the same command with the "
-                      "same --workdir to resume")
+      signum = self.signum or signal.SIGTERM
+      raise Preempted(f"preempted ({signal.Signals(signum).name}) at step {self.preempted_step}; "
+                      f"checkpoint {self.manager.latest_checkpoint} saved; rerun the same "
+                      "command with the same --workdir to resume", signum)
 
 
 class TensorBoardScalars(keras.callbacks.Callback):
   """Every `every_steps`: the losses (averaged since the last log), and per scored layer the
-  fraction of its mask that changed since the last log. Resets the loss averages."""
+  fraction of its mask that changed since the last log. Resets the loss averages.
+
+  At the start of training, the run's resolved config (W/config.json, with log_dir W/
+  tensorboard/train) as text `config` and as HParams, so the runs of a sweep compare side by
+  side (`tensorboard --logdir=BASE_DIR`).
+  """
 
   def __init__(self, log_dir: str, every_steps: int):
     super().__init__()
-    self.writer = tf.summary.create_file_writer(log_dir)
+    self.log_dir = log_dir
+    self.writer = summaries.writer(log_dir)
     self.every_steps = every_steps
     self.previous_masks = None
     self.reset_pending = False
@@ -159,6 +183,13 @@ class TensorBoardScalars(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     if self.model.generator.mask_rule is not None:
       self.previous_masks = ticket_lib.current_masks(self.model.generator)
+    workdir = os.path.dirname(os.path.dirname(os.path.abspath(self.log_dir)))
+    config_path = os.path.join(workdir, "config.json")
+    if tf.io.gfile.exists(config_path):
+      with tf.io.gfile.GFile(config_path) as f:
+        config = json.load(f)
+      summaries.write_config(self.log_dir, config, current_step(self.model),
+                             trial_id=os.path.basename(workdir))
 
   def on_train_batch_end(self, batch, logs=None):
     step = current_step(self.model)
@@ -182,23 +213,37 @@ class TensorBoardScalars(keras.callbacks.Callback):
     self.reset_pending = True
 
 
-def write_sample_grid(generator: keras.Model, z: tf.Tensor, path: str, upscale: int = 1) -> None:
-  """Generates from fixed latents (inference-mode batch norm) and writes a PNG grid."""
-  images.save_grid_png(path, images.to_uint8(generator(z, training=False)).numpy(), upscale)
+def write_sample_grid(generator: keras.Model, z: tf.Tensor, path: str,
+                      upscale: int = 1) -> np.ndarray:
+  """Generates from fixed latents (inference-mode batch norm), writes a PNG grid and returns
+  it (uint8 [H, W, C], upscaled)."""
+  grid = images.grid(images.to_uint8(generator(z, training=False)).numpy())
+  images.save_png(path, grid, upscale=upscale)
+  return grid.repeat(upscale, axis=0).repeat(upscale, axis=1) if upscale > 1 else grid
 
 
 class SampleGrids(keras.callbacks.Callback):
-  """Writes `samples/step_<N>.png` every `every_steps` from the same fixed latents."""
+  """Writes `samples/step_<N>.png` every `every_steps` from the same fixed latents, and the
+  same grid as the TensorBoard image `samples` into `log_dir` (default: W/tensorboard/train
+  for directory W/samples)."""
 
-  def __init__(self, directory: str, z: tf.Tensor, every_steps: int, upscale: int = 1):
+  def __init__(self, directory: str, z: tf.Tensor, every_steps: int, upscale: int = 1,
+               log_dir: str | None = None):
     super().__init__()
     self.directory = directory
     self.z = z
     self.every_steps = every_steps
     self.upscale = upscale
+    self.log_dir = log_dir or os.path.join(os.path.dirname(os.path.abspath(directory)),
+                                           "tensorboard", "train")
 
   def on_train_batch_end(self, batch, logs=None):
     step = current_step(self.model)
     if step % self.every_steps == 0:
-      write_sample_grid(self.model.generator, self.z,
-                        os.path.join(self.directory, f"step_{step:07d}.png"), self.upscale)
+      grid = write_sample_grid(self.model.generator, self.z,
+                               os.path.join(self.directory, f"step_{step:07d}.png"),
+                               self.upscale)
+      writer = summaries.writer(self.log_dir)
+      with writer.as_default(step=step):
+        tf.summary.image("samples", grid[np.newaxis])
+      writer.flush()

@@ -24,6 +24,11 @@ def parse_flags(argv: list[str]) -> list[str]:
              "defaults are in configs/default.py")
   except (TypeError, ValueError) as e:
     sys.exit(f"{_program()}: error: bad config override: {e}")
+  except (SyntaxError, ImportError, NameError, OSError) as e:  # Loading a --config file.
+    where = f" ({e.filename}, line {e.lineno})" if isinstance(e, SyntaxError) else ""
+    text = (e.msg if isinstance(e, SyntaxError) else str(e).splitlines()[0]) if str(e) else ""
+    sys.exit(f"{_program()}: error: cannot load the config file: {type(e).__name__}: "
+             f"{text}{where}; fix it (see configs/default.py) or pass another --config")
 
 
 def _adopt_help(main) -> None:
@@ -50,6 +55,18 @@ def run(main) -> None:
     try:
       main(argv)
     except errors.SltError as e:
-      sys.exit(f"{_program()}: error: {e}")
+      # Preempted (SIGTERM/SIGINT, checkpoint saved) exits 128 + the signal, as shells do.
+      print(f"{_program()}: error: {e}", file=sys.stderr)
+      sys.exit(getattr(e, "exit_code", 1))
+    except OSError as e:  # A file system refusing a write (disk full, read-only, ...).
+      where = f" ({e.filename})" if e.filename else ""
+      print(f"{_program()}: error: {e.strerror or e}{where}; free space or fix permissions, "
+            "then rerun", file=sys.stderr)
+      sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves a checkpoint first).
+      print(f"{_program()}: error: interrupted (SIGINT); nothing more was saved: rerun the "
+            "same command to start again (a find_ticket run resumes from its latest checkpoint)",
+            file=sys.stderr)
+      sys.exit(130)
 
   app.run(guarded, flags_parser=parse_flags)

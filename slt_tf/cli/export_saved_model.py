@@ -34,6 +34,10 @@ _VERSION = flags.DEFINE_integer(
 _NUM_WARMUP_RECORDS = flags.DEFINE_integer(
     "num_warmup_records", 3, "PredictionLog records in assets.extra/tf_serving_warmup_requests "
     "(TF Serving replays them at load time; at most 1000).", lower_bound=0)
+_MAX_BATCH_SIZE = flags.DEFINE_integer(
+    "max_batch_size", servable.MAX_BATCH_SIZE, "Most seeds (or z rows) one request may ask for; "
+    "checked in the served graph (INVALID_ARGUMENT / HTTP 400 in TF Serving too).",
+    lower_bound=1, upper_bound=65536)
 flags.mark_flag_as_required("export_dir")
 
 
@@ -42,7 +46,7 @@ def main(argv):
   version_dir = bake.export(
       export_base=_EXPORT_DIR.value, workdir=_WORKDIR.value, ticket_path=_TICKET.value,
       model_name=_MODEL_NAME.value, version=_VERSION.value,
-      num_warmup_records=_NUM_WARMUP_RECORDS.value)
+      num_warmup_records=_NUM_WARMUP_RECORDS.value, max_batch_size=_MAX_BATCH_SIZE.value)
   metadata = servable.read_metadata(version_dir)["metadata"]
   print(f"Wrote {version_dir} ({metadata['method']}, step {metadata['step']}, "
         f"{metadata['num_kernel_nonzero']} of {metadata['num_kernel_weights']} kernel weights "

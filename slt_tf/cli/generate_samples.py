@@ -25,8 +25,10 @@ _MODEL_NAME = flags.DEFINE_string("model_name", "slt",
                                   "Model name on the server (--server, --grpc).")
 _VERSION = flags.DEFINE_integer(
     "version", None, "Model version to use; default: the latest one the server (or directory) has.")
-_NUM = flags.DEFINE_integer("num", 64, "Number of images.", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "First seed; images use seeds seed .. seed+num-1.")
+_NUM = flags.DEFINE_integer("num", 64, "Number of images (requests of at most the model's "
+                            "max_batch_size each).", lower_bound=1, upper_bound=65536)
+_SEED = flags.DEFINE_integer("seed", 0, "First seed; images use seeds seed .. seed+num-1 "
+                             "(int64, >= 0).", lower_bound=0)
 _SIGNATURE = flags.DEFINE_enum(
     "signature", None, list(client.SEED_SIGNATURES),
     "Signature to call; default generate_png over REST (base64 PNGs, little JSON), "
@@ -38,7 +40,7 @@ _TIMEOUT = flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server."
 
 def main(argv):
   del argv
-  client.check_output_path(_OUT.value)
+  client.check_output_path(_OUT.value, existing_directory=True)
   seeds = client.seed_range(_SEED.value, _NUM.value)
   images = client.generate(seeds=seeds, server=_SERVER.value, grpc_address=_GRPC.value,
                            saved_model=_SAVED_MODEL.value, model_name=_MODEL_NAME.value,

@@ -128,9 +128,27 @@ def from_ticket_file(path: str) -> tuple[generators.Generator, dict]:
     SltError: a missing, truncated or tampered ticket file (checksum), or a bad spec.
   """
   ticket = ticket_lib.load(path)
-  generator = ticket_lib.build_generator(ticket)
-  plain = bake(generator)
+  plain = bake_ticket(ticket)
   return plain, _metadata(ticket.spec, ticket.metadata.get("step"), "ticket", path, plain)
+
+
+def bake_ticket(ticket: ticket_lib.Ticket) -> generators.Generator:
+  """The plain generator of a (validated) ticket: kernels are the seed's weights times the
+  ticket's mask bits as they are (no re-selection by top-k), BN statistics the ticket's."""
+  frozen = generators.build(ticket.spec)  # Frozen weights regenerated from the seed.
+  plain = generators.build(ticket.spec, plain=True)
+  for layer in frozen.scored_layers():
+    twin = plain.body.get_layer(layer.name)
+    kernel = np.asarray(layer.kernel, np.float32)
+    twin.kernel.assign(kernel * ticket.masks[f"{layer.name}/kernel"].astype(np.float32))
+    if layer.bias is not None:
+      bias = np.asarray(layer.bias, np.float32)
+      bias_mask = ticket.masks.get(f"{layer.name}/bias")
+      twin.bias.assign(bias if bias_mask is None else bias * bias_mask.astype(np.float32))
+  for layer in plain.batch_norm_layers():
+    layer.moving_mean.assign(ticket.batch_norm[f"{layer.name}/moving_mean"])
+    layer.moving_variance.assign(ticket.batch_norm[f"{layer.name}/moving_variance"])
+  return plain
 
 
 # ---------------------------------------------------------------------------------- workdir
@@ -143,9 +161,13 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
                           "(pass --workdir of a run, or --ticket=PATH of a ticket file)")
   with tf.io.gfile.GFile(path) as f:
     try:
-      return ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-      raise errors.SltError(f"{path} is not valid JSON ({e})") from e
+      values = json.load(f)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError.
+      raise errors.SltError(f"{path} is not valid JSON ({type(e).__name__})") from None
+  if not isinstance(values, dict) or not isinstance(values.get("generator"), dict):
+    raise errors.SltError(f"{path} is not a bin/find_ticket config (a JSON object with a "
+                          "'generator' object); pass the --workdir of a run")
+  return ml_collections.ConfigDict(values)
 
 
 def workdir_spec(workdir: str) -> generators.GeneratorSpec:
@@ -202,7 +224,8 @@ def from_workdir(workdir: str) -> tuple[generators.Generator, dict]:
 
 
 def export(*, export_base: str, workdir: str | None = None, ticket_path: str | None = None,
-           model_name: str = "slt", version: int = 1, num_warmup_records: int = 3) -> str:
+           model_name: str = "slt", version: int = 1, num_warmup_records: int = 3,
+           max_batch_size: int = servable.MAX_BATCH_SIZE) -> str:
   """Bakes a workdir's latest checkpoint or a ticket file and writes it for TF Serving.
 
   Args:
@@ -212,6 +235,7 @@ def export(*, export_base: str, workdir: str | None = None, ticket_path: str | N
     model_name: TF Serving model name.
     version: version directory number; never overwritten.
     num_warmup_records: PredictionLog records in assets.extra/tf_serving_warmup_requests.
+    max_batch_size: the most seeds or z rows per request (checked in the served graph).
 
   Returns:
     The version directory.
@@ -219,13 +243,17 @@ def export(*, export_base: str, workdir: str | None = None, ticket_path: str | N
   if (workdir is None) == (ticket_path is None):
     raise errors.SltError("give exactly one source: --workdir=W (latest checkpoint) or "
                           "--ticket=PATH (a ticket file alone)")
+  if tf.io.gfile.exists(export_base) and not tf.io.gfile.isdir(export_base):
+    raise errors.SltError(f"export_dir {export_base} is a file; pass a directory (created if "
+                          "missing)")
   if workdir is not None:
     plain, metadata = from_workdir(workdir)
   else:
     plain, metadata = from_ticket_file(ticket_path)
   version_dir = servable.write_servable(
       plain, latent_dim=plain.spec.latent_dim, export_base=export_base, model_name=model_name,
-      version=version, num_warmup_records=num_warmup_records, metadata=metadata)
+      version=version, num_warmup_records=num_warmup_records, metadata=metadata,
+      max_batch_size=max_batch_size)
   logging.info("Exported %s (%s, step %s, %d of %d kernel weights nonzero) to %s",
                metadata["source_path"], metadata["method"], metadata["step"],
                metadata["num_kernel_nonzero"], metadata["num_kernel_weights"], version_dir)

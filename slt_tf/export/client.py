@@ -301,10 +301,16 @@ def generate_grpc(address: str, model_name: str, *, seeds: np.ndarray,
 # -------------------------------------------------------------------------------- dispatch
 
 
+INT64_MAX = 2**63 - 1
+
+
 def seed_range(first_seed: int, num: int) -> np.ndarray:
-  """int64 [num]: first_seed .. first_seed + num - 1."""
+  """int64 [num]: first_seed .. first_seed + num - 1 (never wrapping around int64)."""
   if num < 1:
     raise errors.SltError(f"the number of images must be at least 1, got {num}")
+  if first_seed < 0 or first_seed + num - 1 > INT64_MAX:
+    raise errors.SltError(f"seeds must lie in [0, {INT64_MAX}] (int64): --seed must be in "
+                          f"[0, {INT64_MAX - num + 1}] for --num={num}, got {first_seed}")
   return np.arange(first_seed, first_seed + num, dtype=np.int64)
 
 
@@ -323,6 +329,13 @@ def generate(*, seeds: np.ndarray, server: str | None = None, grpc_address: str 
     raise errors.SltError("give exactly one source: --server=http://HOST:8501, "
                           "--grpc=HOST:8500 or --saved_model=PATH"
                           + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
+  seeds = _check_seeds(seeds)
+  if len(seeds) > servable.MAX_BATCH_SIZE:  # A served model takes at most this many at once.
+    return np.concatenate([
+        generate(seeds=seeds[i:i + servable.MAX_BATCH_SIZE], server=server,
+                 grpc_address=grpc_address, saved_model=saved_model, model_name=model_name,
+                 signature=signature, version=version, timeout=timeout)
+        for i in range(0, len(seeds), servable.MAX_BATCH_SIZE)])
   if server:
     logging.info("Sampling %d images over REST from %s model %r", len(seeds), server, model_name)
     return generate_rest(server, model_name, seeds=seeds,
@@ -352,10 +365,20 @@ def save_npz(images: np.ndarray, path: str, *, seeds: np.ndarray | None = None) 
   np.savez_compressed(path, **arrays)
 
 
-def check_output_path(path: str) -> None:
-  """Output paths end in .png (grid) or .npz (arrays)."""
+def check_output_path(path: str, *, existing_directory: bool = False) -> None:
+  """Output paths end in .png (grid) or .npz (arrays); with `existing_directory`, they also
+  name a file in a directory that exists (checked before any image is generated)."""
   if not path.endswith((".png", ".npz")):
     raise errors.SltError(f"output {path!r} must end in .png (grid) or .npz (arrays)")
+  if not existing_directory:
+    return
+  directory = os.path.dirname(path) or "."
+  if not os.path.isdir(directory):
+    raise errors.SltError(f"output {path!r}: directory {directory} does not exist; create it "
+                          "first or write elsewhere")
+  if os.path.isdir(path):
+    raise errors.SltError(f"output {path!r} is a directory; pass a file name ending in .png "
+                          "or .npz")
 
 
 def save_images(images_uint8: np.ndarray, path: str, *, seeds: np.ndarray | None = None) -> None:

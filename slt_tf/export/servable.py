@@ -46,6 +46,9 @@ METADATA_FILE = "slt_metadata.json"
 ASSETS_EXTRA = "assets.extra"
 # TF Serving reads at most this many warmup records (saved_model_warmup_util).
 MAX_WARMUP_RECORDS = 1000
+# Default largest batch (seeds or z rows) one request may ask for; checked in the graph, so TF
+# Serving enforces it too (INVALID_ARGUMENT, HTTP 400). Clients split larger requests.
+MAX_BATCH_SIZE = 256
 _MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -58,29 +61,41 @@ def encode_png_batch(images_uint8: tf.Tensor) -> tf.Tensor:
 class _ServableGenerator(tf.Module):
   """The exported object: the generator (its variables stay variables) and three signatures."""
 
-  def __init__(self, generator: keras.Model, latent_dim: int):
+  def __init__(self, generator: keras.Model, latent_dim: int, max_batch_size: int):
     super().__init__(name="slt_servable")
     self.generator = generator
     # Tracked explicitly so the checkpoint holds every variable the functions capture.
     self.generator_variables = list(generator.variables)
     self.latent_dim = latent_dim
+    self.max_batch_size = max_batch_size
 
     @tf.function(input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name="z")])
     def serving_default(z):
-      return {"images": self._images(z)}
+      return {"images": self._images(self._limited(z, "z rows"))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="seeds")])
     def generate_uint8(seeds):
+      seeds = self._limited(seeds, "seeds")
       return {"images": images_lib.to_uint8(self._images(self._latents(seeds)))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="seeds")])
     def generate_png(seeds):
+      seeds = self._limited(seeds, "seeds")
       images = images_lib.to_uint8(self._images(self._latents(seeds)))
       return {"images_bytes": encode_png_batch(images)}
 
     self.serving_default = serving_default
     self.generate_uint8 = generate_uint8
     self.generate_png = generate_png
+
+  def _limited(self, batch, what: str):
+    """`batch`, after an in-graph check (INVALID_ARGUMENT) that it has <= max_batch_size rows."""
+    check = tf.debugging.assert_less_equal(
+        tf.shape(batch, out_type=tf.int64)[0], tf.constant(self.max_batch_size, tf.int64),
+        message=f"at most {self.max_batch_size} {what} per request are allowed "
+        "(max_batch_size of this model); split the request")
+    with tf.control_dependencies([check]):
+      return tf.identity(batch)
 
   def _latents(self, seeds):
     return sampling.latents(seeds, self.latent_dim, stream=0)  # (N, latent_dim)
@@ -93,7 +108,12 @@ class _ServableGenerator(tf.Module):
             GENERATE_PNG: self.generate_png}
 
 
-def _check_arguments(latent_dim, model_name, version, num_warmup_records, metadata):
+def _check_arguments(latent_dim, model_name, version, num_warmup_records, metadata,
+                     max_batch_size=MAX_BATCH_SIZE):
+  if (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int)
+      or not 1 <= max_batch_size <= 65536):
+    raise errors.SltError(f"max_batch_size must be an integer in [1, 65536], got "
+                          f"{max_batch_size!r}")
   if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
     raise errors.SltError(f"latent_dim must be a positive integer, got {latent_dim!r}")
   if not isinstance(model_name, str) or not _MODEL_NAME_PATTERN.match(model_name):
@@ -165,7 +185,7 @@ def warmup_records(model_name: str, latent_dim: int, num_records: int) -> list[b
 
 def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
                    model_name: str = "slt", version: int = 1, num_warmup_records: int = 3,
-                   metadata: dict | None = None) -> str:
+                   metadata: dict | None = None, max_batch_size: int = MAX_BATCH_SIZE) -> str:
   """Writes `generator` as version `version` of TF Serving model `model_name`.
 
   The SavedModel is written to a temporary sibling directory (a name TF Serving ignores, since
@@ -181,6 +201,8 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
     version: version directory number; an existing version is never overwritten.
     num_warmup_records: PredictionLog records in assets.extra/tf_serving_warmup_requests.
     metadata: JSON-serialisable extras stored in assets.extra/slt_metadata.json.
+    max_batch_size: the most seeds (or z rows) one request may ask for, checked in the graph
+      (INVALID_ARGUMENT over gRPC, HTTP 400 over REST, in TF Serving too).
 
   Returns:
     The version directory E/<model_name>/<version>.
@@ -188,7 +210,11 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
   Raises:
     SltError: bad arguments, a generator that does not return images, or an existing version.
   """
-  _check_arguments(latent_dim, model_name, version, num_warmup_records, metadata)
+  _check_arguments(latent_dim, model_name, version, num_warmup_records, metadata,
+                   max_batch_size)
+  if tf.io.gfile.exists(export_base) and not tf.io.gfile.isdir(export_base):
+    raise errors.SltError(f"export_dir {export_base} is a file; pass a directory (created if "
+                          "missing)")
   model_base_path = os.path.join(export_base, model_name)
   version_dir = os.path.join(model_base_path, str(version))
   if tf.io.gfile.exists(version_dir):
@@ -196,10 +222,17 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
                           f"{version_dir}; pass a new version number (existing versions are "
                           "never overwritten)")
   image_shape = _image_shape(generator, latent_dim)
-  servable = _ServableGenerator(generator, latent_dim)
+  servable = _ServableGenerator(generator, latent_dim, max_batch_size)
 
-  tf.io.gfile.makedirs(model_base_path)
+  created = [d for d in (export_base, model_base_path) if not tf.io.gfile.exists(d)]
+  try:
+    tf.io.gfile.makedirs(model_base_path)
+  except (OSError, tf.errors.OpError) as e:
+    raise errors.SltError(f"cannot create {model_base_path} ("
+                          f"{_one_line(getattr(e, 'message', None) or str(e))}); pass an "
+                          "--export_dir you can write to") from None
   temp_dir = os.path.join(model_base_path, f".tmp-{version}-{uuid.uuid4().hex}")
+  done = False
   try:
     tf.saved_model.save(servable, temp_dir, signatures=servable.signatures())
     assets_extra = os.path.join(temp_dir, ASSETS_EXTRA)
@@ -212,6 +245,7 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
         "version": version,
         "latent_dim": latent_dim,
         "image_shape": list(image_shape),
+        "max_batch_size": max_batch_size,
         "signatures": {
             SERVING_DEFAULT: {"inputs": {"z": ["float32", [None, latent_dim]]},
                               "outputs": {"images": ["float32", [None, *image_shape]]}},
@@ -229,9 +263,16 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
       raise errors.SltError(f"version {version} of model {model_name!r} appeared at "
                             f"{version_dir} during the export; pass a new version number")
     tf.io.gfile.rename(temp_dir, version_dir)
+    done = True
+  except (OSError, tf.errors.OpError) as e:  # Disk full, permissions: one line.
+    raise errors.SltError(f"cannot write the SavedModel to {version_dir} ("
+                          f"{_one_line(getattr(e, 'message', None) or str(e))})") from None
   finally:
     if tf.io.gfile.exists(temp_dir):
       tf.io.gfile.rmtree(temp_dir)
+    for directory in reversed(created if not done else []):  # Nothing left behind.
+      if tf.io.gfile.isdir(directory) and not tf.io.gfile.listdir(directory):
+        os.rmdir(directory)
   logging.info("Wrote TF Serving model %r version %d (images %s) to %s", model_name, version,
                image_shape, version_dir)
   return version_dir
