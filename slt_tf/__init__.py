@@ -31,5 +31,5 @@ def keras_backend_error() -> str | None:
 
 def __getattr__(name: str):
   if name in _API:
-    return getattr(importlib.import_module("slt_tf.api"), name)
+    return getattr(importlib.import_module(f"{__name__}.api"), name)  # Lazy: TF, Keras.
   raise AttributeError(f"module 'slt_tf' has no attribute {name!r}")

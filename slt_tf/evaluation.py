@@ -31,6 +31,7 @@ from slt_tf import data
 from slt_tf import features
 from slt_tf import images as images_lib
 from slt_tf import sampling
+from slt_tf import summaries
 from slt_tf import tfgan_compat
 from slt_tf.errors import SltError
 
@@ -694,14 +695,13 @@ def evaluator_from_config(config: Any, *, num_samples: int | None = None,
 
 def write_scalars(log_dir: str, step: int, metrics: Mapping[str, Any]) -> None:
   """Writes the numeric metrics as TensorBoard scalars `eval/<name>` at `step`."""
-  writer = tf.summary.create_file_writer(log_dir)
+  writer = summaries.writer(log_dir)  # One events file per run and process.
   with writer.as_default(step=step):
     for name in METRIC_NAMES + ("samples_per_second",):
       value = metrics.get(name)
       if value is not None:
         tf.summary.scalar(f"eval/{name}", float(value))
   writer.flush()
-  writer.close()
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):

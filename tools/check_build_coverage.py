@@ -19,7 +19,8 @@ It fails (exit code 1) listing, with a ready-to-paste BUILD stanza each:
 
 BUILD files are read with Python's `ast` (Starlark BUILD files are Python syntax): lists of
 strings, `+` and `glob([...], exclude = [...])` are understood, nothing is executed.
-Skipped directories: hidden ones (.venv, .git, ...), bazel-*, third_party, runs, __pycache__
+Skipped directories: hidden ones (.venv, .git, ...), bazel-*, third_party, runs, __pycache__,
+build and *.egg-info (what `pip install .` leaves)
 and any virtualenv (a directory holding pyvenv.cfg).
 """
 
@@ -33,7 +34,7 @@ from typing import Iterable, Optional
 
 BUILD_NAMES = ("BUILD", "BUILD.bazel")
 FIRST_PARTY = ("slt_tf", "export", "bin", "configs", "tests", "tools", "bench")
-_SKIPPED_DIRS = ("third_party", "runs", "__pycache__", "node_modules")
+_SKIPPED_DIRS = ("third_party", "runs", "__pycache__", "node_modules", "build")
 _PY_RULES = ("py_library", "py_binary", "py_test", "pytest_test")
 _IMPORTABLE_RULES = ("py_library", "py_binary")
 _PYTEST_TEST_DEPS = ("//tests:tests", "//:conftest")  # added by tools/pytest.bzl
@@ -62,6 +63,7 @@ def default_root() -> str:
 
 def _skipped(directory: str, name: str) -> bool:
   return (name.startswith(".") or name.startswith("bazel-") or name in _SKIPPED_DIRS or
+          name.endswith(".egg-info") or
           os.path.exists(os.path.join(directory, name, "pyvenv.cfg")))
 
 

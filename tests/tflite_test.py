@@ -1,0 +1,83 @@
+"""Edge export: a configs/test.py run as .tflite (each variant) loads in tf.lite.Interpreter
+and matches the SavedModel (float32: tight; quantised: loose)."""
+
+import os
+import subprocess
+import sys
+
+import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
+import numpy as np  # pylint: disable=g-bad-import-order
+import pytest
+import tensorflow as tf
+
+from configs import test as test_config
+from slt_tf import errors
+from slt_tf import train
+from slt_tf.export import bake
+from slt_tf.export import tflite
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (quantize, sparsity) -> max |tflite - SavedModel| allowed on images in [-1, 1].
+VARIANTS = {("none", False): 1e-5, ("none", True): 1e-5, ("dynamic", False): 0.05,
+            ("dynamic", True): 0.05, ("float16", False): 0.01}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 4-step configs/test.py ticket (random features) and its SavedModel's outputs."""
+  root = tmp_path_factory.mktemp("tflite")
+  config = test_config.get_config()
+  config.features.weights = "none"
+  config.num_steps = 4
+  config.checkpoint_every_steps = config.log_every_steps = config.sample_every_steps = 2
+  workdir = str(root / "run")
+  train.train_and_evaluate(config, workdir)
+  version_dir = bake.export(export_base=str(root / "export"), workdir=workdir)
+  z = np.random.default_rng(0).standard_normal(
+      (6, config.generator.latent_dim)).astype(np.float32)
+  signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+  expected = signature(z=tf.constant(z))["images"].numpy()
+  return {"workdir": workdir, "root": root, "z": z, "expected": expected}
+
+
+@pytest.mark.parametrize("quantize,sparsity", list(VARIANTS))
+def test_variant_loads_and_matches_the_saved_model(run, quantize, sparsity):
+  path = str(run["root"] / f"g_{quantize}_{sparsity}.tflite")
+  info = tflite.export(path, workdir=run["workdir"], quantize=quantize, sparsity=sparsity)
+  assert info["bytes"] == os.path.getsize(path) and info["step"] == 4
+  runner = tflite.Runner(path)
+  images = runner(run["z"])
+  assert images.shape == run["expected"].shape and images.dtype == np.float32
+  assert np.max(np.abs(images - run["expected"])) <= VARIANTS[(quantize, sparsity)]
+  assert np.array_equal(runner(run["z"][:1]), images[:1])  # Resized to batch 1 and back.
+
+
+def test_quantised_weights_make_the_file_smaller(run):
+  plain, _ = bake.from_workdir(run["workdir"])
+  sizes = {q: len(tflite.convert(plain, quantize=q)) for q in tflite.QUANTIZATIONS}
+  assert sizes["dynamic"] < sizes["float16"] < sizes["none"]
+
+
+def test_bad_requests_are_one_line_errors(run):
+  plain, _ = bake.from_workdir(run["workdir"])
+  with pytest.raises(errors.SltError, match="sparsity applies to quantize=none or dynamic"):
+    tflite.convert(plain, quantize="float16", sparsity=True)
+  with pytest.raises(errors.SltError, match="unknown quantize"):
+    tflite.convert(plain, quantize="int4")
+  with pytest.raises(errors.SltError, match="must end in .tflite"):
+    tflite.export(str(run["root"] / "g.bin"), workdir=run["workdir"])
+  with pytest.raises(errors.SltError, match="exactly one source"):
+    tflite.export(str(run["root"] / "g.tflite"))
+
+
+def test_binary_writes_the_ticket_as_tflite(run):
+  out = str(run["root"] / "cli.tflite")
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(
+      [sys.executable, "-m", "bin.export_tflite",
+       f"--ticket={os.path.join(run['workdir'], 'ticket.slt')}", f"--out={out}",
+       "--quantize=dynamic"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith(f"Wrote {out} (")
+  assert np.max(np.abs(tflite.Runner(out)(run["z"]) - run["expected"])) <= 0.05
