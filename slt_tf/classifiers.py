@@ -149,7 +149,7 @@ RECIPES = {
         ("conv1", "conv2", "conv3", "dense1"), seed=7, epochs=3),
     "fashion_inception": Recipe(
         "fashion_mnist", _fashion_inception, "stem16s2-mixed56-mixed112s2-mixed128",
-        ("stem_relu", "mixed0", "mixed1", "mixed2"), seed=11, epochs=2),
+        ("stem_relu", "mixed0", "mixed1", "mixed2"), seed=11, epochs=1),
     "fashion_eval_cnn": Recipe(
         "fashion_mnist", _fashion_eval_cnn, "vgg16p-32p-64-64p-bn-d128",
         ("embedding", "logits"), seed=1234, epochs=2),

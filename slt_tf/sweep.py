@@ -302,3 +302,41 @@ def write_results(results: Sequence[dict[str, Any]], base_dir: str, *, title: st
       f.write(text)
   plot(rows, paths["fid_vs_keep_fraction.png"], title=title)
   return {"rows": rows, "verdict": verdict, "paths": paths}
+
+
+def read_eval_curve(workdir: str, metric: str = "fid") -> list[tuple[int, float]]:
+  """(step, value) of the periodic evaluation's `eval/<metric>` scalars in W/tensorboard/eval,
+  sorted by step (the last value written for a step wins)."""
+  values = {}
+  pattern = os.path.join(workdir, "tensorboard", "eval", "events.out.tfevents.*")
+  for path in sorted(tf.io.gfile.glob(pattern)):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == f"eval/{metric}":
+          values[int(event.step)] = float(tf.make_ndarray(value.tensor))
+  return sorted(values.items())
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, *, title: str = "",
+                ylabel: str = "validation FID (lower is better)") -> None:
+  """One line per label: metric against training step (e.g. the dense learning rates)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top  # Only when plotting.
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+
+  figure, axes = pyplot.subplots(figsize=(6, 4), dpi=120)
+  for label, points in curves.items():
+    if points:
+      axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
+                label=label)
+  axes.set_xlabel("training step")
+  axes.set_ylabel(ylabel)
+  axes.set_yscale("log")
+  if title:
+    axes.set_title(title, fontsize=9)
+  axes.legend(fontsize=8)
+  axes.grid(alpha=0.3, which="both")
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path)
+  pyplot.close(figure)

@@ -281,6 +281,32 @@ def shared_real_moments(config, strategy, channels: int) -> tuple[np.ndarray, np
   return real_mean, real_variance
 
 
+def format_summary(summary: dict) -> str:
+  """The few lines a person reads at the end of a run: what was made, where, what next."""
+  workdir = summary["workdir"]
+  lines = [f"Finished step {summary['step']} in {workdir}."]
+  if "ticket" in summary:
+    lines += [
+        f"Ticket: {summary['ticket']} ({summary['ticket_bytes']:,} bytes, "
+        f"{summary['dense_fp32_bytes'] / summary['ticket_bytes']:.0f}x smaller than the "
+        f"{summary['dense_fp32_bytes']:,} bytes of float32 weights), keeping "
+        f"{summary['num_kept']:,} of {summary['num_weights']:,} weights "
+        f"({summary['num_kept'] / summary['num_weights']:.1%}).",
+        f"ticket_sha256 {summary['ticket_sha256']}"]
+  else:
+    lines.append(f"Dense generator: {workdir}/checkpoints ({summary['dense_fp32_bytes']:,} bytes "
+                 "of float32 weights).")
+  lines += [
+      f"Samples: {summary['samples']}",
+      "Next:",
+      f"  python -m bin.evaluate --workdir={workdir}             # FID, KID, IS, PRDC, held-out data",
+      f"  python -m bin.export_saved_model --workdir={workdir} --export_dir=exported  # TF Serving",
+  ]
+  if "ticket" in summary:
+    lines.append(f"  python -m bin.inspect_ticket --workdir={workdir}       # kept weights per layer")
+  return "\n".join(lines)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        strategy: tf.distribute.Strategy | None = None,
                        resume_from: str | None = None) -> dict:
@@ -368,5 +394,6 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
                    num_weights=ticket.num_weights, num_kept=ticket.num_kept,
                    ticket_sha256=hashlib.sha256(ticket_lib.to_bytes(ticket)).hexdigest())
   summary["dense_fp32_bytes"] = ticket_lib.dense_fp32_bytes(search.generator)
+  summary["samples"] = os.path.join(workdir, "samples", "final.png")
   logging.info("Done: %s", summary)
   return summary
