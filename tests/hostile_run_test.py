@@ -1,0 +1,241 @@
+"""Issue 11 #1, #4, #5, #6: resume never silently restarts, Ctrl-C saves, only result-neutral
+keys are resumable, one process per workdir."""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
+import pytest
+import tensorflow as tf
+
+from configs import test as test_config
+from slt_tf import checkpoints
+from slt_tf import train
+from slt_tf import workdir_lock
+from slt_tf.errors import SltError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def shared_dirs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("shared")
+  return str(base / "tfds"), str(base / "cache")
+
+
+def config_for(shared, **overrides):
+  config = test_config.get_config()
+  config.features.weights = "none"
+  config.dataset.data_dir, config.features.cache_dir = shared
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def find_ticket(workdir, shared, *flags):
+  """`python -m bin.find_ticket` on configs/test.py (random digits_cnn), not waited for."""
+  command = [sys.executable, "-m", "bin.find_ticket", "--config=configs/test.py",
+             f"--workdir={workdir}", "--config.features.weights=none",
+             f"--config.dataset.data_dir={shared[0]}", f"--config.features.cache_dir={shared[1]}",
+             *flags]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+  _, stderr = process.communicate(timeout=600)
+  return process.returncode, stderr
+
+
+def last_line(stderr):
+  return stderr.strip().splitlines()[-1]
+
+
+def wait_for(path, process, timeout=600):
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    assert process.poll() is None, finish(process)[1][-3000:]
+    assert time.monotonic() < deadline, f"{path} did not appear"
+    time.sleep(0.01)
+
+
+def digests(directory):
+  return {name: hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest()
+          for name in sorted(os.listdir(directory))
+          if os.path.isfile(os.path.join(directory, name))}
+
+
+def read(path):
+  with open(path, "rb") as f:
+    return f.read()
+
+
+@pytest.fixture(scope="module")
+def finished(shared_dirs, tmp_path_factory):
+  """An uninterrupted 40-step run of configs/test.py (in this process)."""
+  workdir = str(tmp_path_factory.mktemp("finished") / "w")
+  train.train_and_evaluate(config_for(shared_dirs), workdir)
+  return workdir
+
+
+# ---------------------------------------------------------------------------------- #1
+
+
+@pytest.mark.parametrize("damage", ["delete_index", "truncate_data"])
+def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished, shared_dirs,
+                                                                        tmp_path, damage):
+  # Old code: "Training steps 0..40" and the intact ckpt-20/30 overwritten.
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished, workdir)
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  if damage == "delete_index":
+    os.remove(os.path.join(checkpoint_dir, "ckpt-40.index"))
+  else:
+    data = os.path.join(checkpoint_dir, "ckpt-40.data-00000-of-00001")
+    with open(data, "r+b") as f:
+      f.truncate(os.path.getsize(data) // 2)
+  before = digests(checkpoint_dir)
+  returncode, stderr = finish(find_ticket(workdir, shared_dirs))
+  assert returncode == 1
+  assert re.fullmatch(r"find_ticket: error: \S+checkpoints: its latest checkpoint ckpt-40 is "
+                      r"missing or unreadable; not starting over \(that would overwrite the older "
+                      r"checkpoints\): resume from the newest usable one with "
+                      r"--resume_from=ckpt-30, or use a new --workdir", last_line(stderr))
+  assert "Training steps" not in stderr
+  assert digests(checkpoint_dir) == before
+
+
+def test_resume_from_sets_newer_checkpoints_aside_and_ends_with_the_same_ticket(
+    finished, shared_dirs, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished, workdir)
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  os.remove(os.path.join(checkpoint_dir, "ckpt-40.index"))
+  os.remove(os.path.join(workdir, train.TICKET_FILE))
+  kept = read(os.path.join(checkpoint_dir, "ckpt-40.data-00000-of-00001"))
+  returncode, stderr = finish(find_ticket(workdir, shared_dirs, "--resume_from=ckpt-30"))
+  assert returncode == 0, stderr[-3000:]
+  assert "Resumed from" in stderr and "at step 30" in stderr
+  aside = [d for d in os.listdir(checkpoint_dir) if d.startswith("superseded-")]
+  assert len(aside) == 1
+  assert read(os.path.join(checkpoint_dir, aside[0], "ckpt-40.data-00000-of-00001")) == kept
+  assert read(os.path.join(workdir, train.TICKET_FILE)) == read(
+      os.path.join(finished, train.TICKET_FILE))
+
+
+def test_checkpoints_without_state_file_are_not_overwritten(tmp_path):
+  directory = str(tmp_path)
+  for name in ("ckpt-10.index", "ckpt-10.data-00000-of-00001"):
+    (tmp_path / name).write_bytes(b"x")
+  with pytest.raises(SltError, match=r"state file is missing or damaged and no checkpoint "
+                     r"there is usable; use a new --workdir"):
+    checkpoints.resume_point(directory, None, 40, adopt=True)
+
+
+def test_unusable_resume_from_names_the_usable_ones(finished):
+  with pytest.raises(SltError, match=r"--resume_from=ckpt-25: no usable checkpoint of that "
+                     r"name in \S+; usable: ckpt-40, ckpt-30, ckpt-20"):
+    checkpoints.resume_point(os.path.join(finished, "checkpoints"), "ckpt-25", 40, adopt=False)
+
+
+def test_smaller_num_steps_on_resume_is_refused_before_config_json_changes(finished):
+  before = read(os.path.join(finished, train.CONFIG_FILE))
+  with pytest.raises(SltError, match=r"holds step 40 \(ckpt-40\) but num_steps=30; num_steps "
+                     r"can only grow on resume \(use >= 40\)"):
+    checkpoints.resume_point(os.path.join(finished, "checkpoints"), None, 30, adopt=True)
+  assert read(os.path.join(finished, train.CONFIG_FILE)) == before
+
+
+# ---------------------------------------------------------------------------------- #5
+
+
+def test_num_steps_is_not_resumable_under_cosine(shared_dirs, tmp_path):
+  # Old code: accepted; a resumed 40-then-50 run is another ticket than a 50-step run.
+  workdir = str(tmp_path / "w")
+  train.prepare_workdir(config_for(shared_dirs, lr_schedule="cosine", num_steps=40), workdir)
+  with pytest.raises(SltError, match=r"num_steps: 40 there, 50 now\) \(num_steps sets the "
+                     r"length of lr_schedule=cosine, so it cannot change on resume\)"):
+    train.prepare_workdir(config_for(shared_dirs, lr_schedule="cosine", num_steps=50), workdir,
+                          write=False)
+  train.prepare_workdir(config_for(shared_dirs, num_steps=40), str(tmp_path / "c"))
+  train.prepare_workdir(config_for(shared_dirs, num_steps=50), str(tmp_path / "c"), write=False)
+  assert "num_steps" not in train.resumable_keys(config_for(shared_dirs, lr_schedule="cosine"))
+
+
+def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finished, shared_dirs,
+                                                                          tmp_path):
+  """Every key RESUMABLE_KEYS names, set otherwise for the first 20 steps."""
+  first = {"num_steps": 20, "checkpoint_every_steps": 7, "log_every_steps": 3,
+           "sample_every_steps": 6, "num_sample_images": 4, "eval.every_steps": 10,
+           "eval.num_samples": 32, "eval.weights": "none", "eval.network": "digits_eval_cnn"}
+  unvaried = {"eval.split"}  # digits has only a test split.
+  flat = train._flatten(config_for(shared_dirs).to_dict())  # pylint: disable=protected-access
+  resumable = [k for k in flat if train._resumable(k)]  # pylint: disable=protected-access
+  assert sorted(resumable) == sorted(k for k in set(first) | unvaried if k in flat)
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(config_for(shared_dirs, **{k: v for k, v in first.items()
+                                                      if k in flat}), workdir)
+  summary = train.train_and_evaluate(config_for(shared_dirs), workdir)
+  assert summary["step"] == 40
+  assert read(os.path.join(workdir, train.TICKET_FILE)) == read(
+      os.path.join(finished, train.TICKET_FILE))
+
+
+# ---------------------------------------------------------------------------------- #4, #6
+
+
+def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(shared_dirs, tmp_path):
+  # Old code: the second process trained too; Ctrl-C gave a KeyboardInterrupt traceback.
+  workdir = str(tmp_path / "w")
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  first = find_ticket(workdir, shared_dirs, "--config.num_steps=400")
+  wait_for(os.path.join(checkpoint_dir, "ckpt-10.index"), first)
+  returncode, stderr = finish(find_ticket(workdir, shared_dirs, "--config.num_steps=400"))
+  assert returncode == 1
+  assert re.fullmatch(rf"find_ticket: error: workdir \S+ is in use by PID {first.pid} on this "
+                      r"host \(lock \S+\.lock\); wait for that run to end or use another "
+                      r"--workdir", last_line(stderr))
+  assert first.poll() is None
+  first.send_signal(signal.SIGINT)
+  returncode, stderr = finish(first)
+  assert returncode == 130, stderr[-3000:]
+  stopped = re.fullmatch(r"find_ticket: error: preempted \(SIGINT\) at step (\d+); checkpoint "
+                         r"\S+ saved; rerun the same command with the same --workdir to resume",
+                         last_line(stderr))
+  assert stopped, stderr[-3000:]
+  assert "Traceback" not in stderr
+  step = int(stopped.group(1))
+  assert tf.train.latest_checkpoint(checkpoint_dir).endswith(f"ckpt-{step}")
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  lock_path = tmp_path / workdir_lock.LOCK_FILE
+  lock_path.write_text(f'{{"host": "{socket.gethostname()}", "pid": {dead.pid}}}')
+  with workdir_lock.WorkdirLock(str(tmp_path)):
+    assert f'"pid": {os.getpid()}' in lock_path.read_text()
+    with pytest.raises(SltError, match=rf"is in use by PID {os.getpid()} on this host"):
+      workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  assert "Taking over the stale lock" in caplog.text
+  assert not lock_path.exists()
+
+
+def test_lock_of_another_host_is_never_taken_over(tmp_path):
+  (tmp_path / workdir_lock.LOCK_FILE).write_text('{"host": "elsewhere", "pid": 1}')
+  with pytest.raises(SltError, match=r"in use by PID 1 on host elsewhere .*delete the lock only "
+                     r"if that run is gone"):
+    workdir_lock.WorkdirLock(str(tmp_path)).acquire()
