@@ -227,6 +227,33 @@ def claim_verdict(rows: Sequence[dict[str, Any]]) -> list[str]:
   return verdicts
 
 
+def significance(rows: Sequence[dict[str, Any]], metric: str = "fid") -> list[str]:
+  """Each ticket row against dense: Welch's two-sample t-test on the per-seed values (from the
+  rows' means, sample stds and counts; unequal variances), two-sided p-value."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  by_group = {row["group"]: row for row in rows}
+  dense = by_group.get(DENSE)
+  if dense is None or dense["num_runs"] < 2:
+    return ["fewer than 2 dense runs: no significance test."]
+  lines = []
+  for row in rows:
+    if row["keep_fraction"] is None or row[f"{metric}_mean"] is None:
+      continue
+    if row["num_runs"] < 2:
+      lines.append(f"{row['group']}: 1 run, no test.")
+      continue
+    result = stats.ttest_ind_from_stats(
+        row[f"{metric}_mean"], row[f"{metric}_std"], row["num_runs"], dense[f"{metric}_mean"],
+        dense[f"{metric}_std"], dense["num_runs"], equal_var=False)
+    difference = row[f"{metric}_mean"] - dense[f"{metric}_mean"]
+    verdict = "larger than the seed spread" if result.pvalue < 0.05 else "within the seed spread"
+    lines.append(f"{row['group']} - dense: {metric} {difference:+.2f}, Welch t-test p = "
+                 f"{result.pvalue:.3f} ({row['num_runs']} vs {dense['num_runs']} seeds): "
+                 f"{verdict} (p < 0.05).")
+  return lines
+
+
 def plot(rows: Sequence[dict[str, Any]], path: str, *, title: str = "") -> None:
   """FID against keep fraction: tickets with seed std error bars, dense as a band (mean ± std),
   the untrained floor as a dashed line. Writes a PNG (matplotlib, Agg backend)."""
@@ -290,7 +317,7 @@ def write_results(results: Sequence[dict[str, Any]], base_dir: str, *, title: st
   rows = summarize(results)
   paths = {name: os.path.join(base_dir, name) for name in
            ("results.csv", "runs.csv", "results.md", "fid_vs_keep_fraction.png")}
-  verdict = claim_verdict(rows)
+  verdict = claim_verdict(rows) + significance(rows)
   texts = {
       "results.csv": summary_csv(rows),
       "runs.csv": runs_csv(results),

@@ -158,3 +158,55 @@ def test_plot_without_dense_or_floor_still_draws_the_tickets(tmp_path):
 def test_write_results_refuses_no_results(tmp_path):
   with pytest.raises(errors.SltError, match="no evaluated runs"):
     sweep.write_results([], str(tmp_path))
+
+
+def test_grid_adds_global_edge_popup_runs_after_the_per_layer_tickets():
+  runs = sweep.grid([0], [0.1], [0.1])
+  assert [run.name for run in runs] == ["dense_s0", "keep0.1_s0", "global0.1_s0"]
+  assert runs[2].method == "global_edge_popup" and runs[2].group == "global 0.1"
+  assert "--config.method=global_edge_popup" in sweep.train_command(runs[2], config="c.py",
+                                                                      workdir="/w")
+
+
+def test_rows_order_dense_tickets_global_floor_then_real_data():
+  results = [fake_result(group, 0, 1.0) for group in
+             ("real data", "untrained", "global 0.1", "keep 0.3", "dense", "keep 0.1")]
+  rows = sweep.summarize(results)
+  assert [row["group"] for row in rows] == ["dense", "keep 0.1", "keep 0.3", "global 0.1",
+                                            "untrained", "real data"]
+  assert rows[3]["keep_fraction"] == 0.1 and rows[5]["keep_fraction"] is None
+
+
+def test_significance_matches_scipy_welch_test_on_the_per_seed_values():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  lines = sweep.significance(sweep.summarize(fake_results()))
+  expected = stats.ttest_ind([52.0, 58.0, 61.0], [50.0, 60.0, 55.0], equal_var=False).pvalue
+  keep01 = next(line for line in lines if line.startswith("keep 0.1 - dense"))
+  assert f"p = {expected:.3f}" in keep01 and keep01.endswith("within the seed spread (p < 0.05).")
+  keep03 = next(line for line in lines if line.startswith("keep 0.3 - dense"))
+  expected03 = stats.ttest_ind([40.0, 44.0, 42.0], [50.0, 60.0, 55.0], equal_var=False).pvalue
+  assert f"p = {expected03:.3f}" in keep03
+  assert ("larger than" in keep03) == (expected03 < 0.05)
+
+
+def test_train_seconds_add_up_over_resumptions(tmp_path):
+  assert sweep.train_seconds(str(tmp_path)) is None
+  sweep.add_train_seconds(str(tmp_path), 10.5)
+  sweep.add_train_seconds(str(tmp_path), 2.0)
+  assert sweep.train_seconds(str(tmp_path)) == 12.5
+
+
+def test_eval_curve_reads_back_the_periodic_evaluation_scalars_and_plots_them(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  writer = tf.summary.create_file_writer(str(tmp_path / "tensorboard" / "eval"))
+  with writer.as_default():
+    for step, fid in ((250, 40.0), (500, 30.0), (750, 33.0)):
+      tf.summary.scalar("eval/fid", fid, step=step)
+      tf.summary.scalar("eval/kid", fid / 100, step=step)
+  writer.close()
+  curve = sweep.read_eval_curve(str(tmp_path))
+  assert curve == [(250, 40.0), (500, 30.0), (750, 33.0)]
+  path = str(tmp_path / "curve.png")
+  sweep.plot_curves({"dense": curve}, path)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
