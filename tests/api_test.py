@@ -23,11 +23,11 @@ def test_readme_python_api_block_runs_as_written():
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  lines = result.stdout.splitlines()
-  assert re.fullmatch(r"40 \d+ of \d+ weights kept", lines[0]), lines
-  assert lines[1] == "(16, 8, 8, 1) uint8", lines
-  assert re.fullmatch(r"FID [\d.]+", lines[2]), lines
-  assert re.fullmatch(r".*/export/slt/1 \d+ bytes", lines[3]), lines
+  out = result.stdout  # Keras progress bars are interleaved: look for the printed lines.
+  assert re.search(r"\b40 \d+ of \d+ weights kept\n", out), out[-2000:]
+  assert "(16, 8, 8, 1) uint8\n" in out, out[-2000:]
+  assert re.search(r"FID [\d.]+\n", out), out[-2000:]
+  assert re.search(r"/export/slt/1 \d+ bytes\n", out), out[-2000:]
 
 
 def test_load_config_applies_overrides_and_rejects_unknown_keys():
