@@ -4,7 +4,7 @@ Command (needs CelebA prepared in TFDS, which requires a manual download, and In
 weights, or a local weights file via --config.features.weights=PATH):
   python -m bin.find_ticket --config=configs/celeba64_resnet.py --workdir=runs/celeba64_resnet
 Images: centre crop 140x140 then resize to 64x64 (slt_tf/data.py). Hyperparameters as in
-configs/cifar10_resnet.py (method.md). Not run here (CPU only).
+configs/cifar10_resnet.py (docs/method.md). Not run here (CPU only).
 """
 
 from slt_tf import config_schema

@@ -2,7 +2,7 @@
 
 Command (needs CelebA prepared in TFDS and InceptionV3 weights or a local weights file):
   python -m bin.find_ticket --config=configs/celeba64_sngan.py --workdir=runs/celeba64_sngan
-Hyperparameters as in configs/cifar10_resnet.py (method.md). Not run here (CPU only).
+Hyperparameters as in configs/cifar10_resnet.py (docs/method.md). Not run here (CPU only).
 """
 
 from slt_tf import config_schema

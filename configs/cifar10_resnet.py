@@ -4,7 +4,7 @@ Command (needs CIFAR-10 prepared in TFDS and InceptionV3 ImageNet weights; offli
 local file with --config.features.weights=/path/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5):
   tfds build cifar10 --data_dir=$HOME/tensorflow_datasets
   python -m bin.find_ticket --config=configs/cifar10_resnet.py --workdir=runs/cifar10_resnet
-Hyperparameters (method.md): Adam on the scores lr 5e-5, betas (0.5, 0.999), batch 64, latent
+Hyperparameters (docs/method.md): Adam on the scores lr 5e-5, betas (0.5, 0.999), batch 64, latent
 128, AMA lr 1e-5; frozen weights N(0, 0.02) and scores U(-0.1, 0.1), as the released code ends
 up initialising them. The paper trains for days on GPUs: not run here (CPU only; a step of this
 generator with Inception features takes seconds on 2 cores). Evaluate with bin/evaluate.py

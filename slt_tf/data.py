@@ -6,7 +6,7 @@ dataset, prepared offline from Debian's IDX files when TFDS cannot download it
 (`slt_tf.datasets.fashion_mnist`); every other dataset must already be prepared in `data_dir`,
 e.g. `tfds build cifar10 --data_dir=DIR` on a machine with internet access.
 
-Splits (method.md, "Evaluation protocol"): the held-out split is the dataset's `test` split where
+Splits (docs/method.md, "Evaluation protocol"): the held-out split is the dataset's `test` split where
 it has one (digits, CIFAR-10/100, CelebA's test partition, MNIST-like sets, SVHN, STL-10); otherwise
 the first 10,000 examples of `train` are held out and training uses `train[10000:]` (LSUN: its
 `validation` split has only 300 images per category, too few for FID on 10k images). The held-out

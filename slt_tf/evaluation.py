@@ -530,7 +530,7 @@ def compute_metrics(real_emb: np.ndarray, real_logits: np.ndarray | None,
 # Training draws from stream `config.seed` and the sample grids from stream 0, so this one is
 # disjoint from both, and every run (any seed, dense or ticket) is scored on the same latents.
 EVAL_LATENT_STREAM = 1_000_003
-# Real held-out images used at most (method.md: FID against 10,000 held-out real images).
+# Real held-out images used at most (docs/method.md: FID against 10,000 held-out real images).
 MAX_REAL_EXAMPLES = 10_000
 METRIC_NAMES = ("fid", "kid", "kid_std", "inception_score", "precision", "recall", "density",
                 "coverage")
@@ -708,7 +708,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
   """Evaluates `model.generator` every `every_steps` steps and at the end of training.
 
   Scalars go to TensorBoard (`log_dir`, usually W/tensorboard/eval). The curve is for
-  watching a run; the number to report is the final one from `bin/evaluate` (method.md:
+  watching a run; the number to report is the final one from `bin/evaluate` (docs/method.md:
   never select checkpoints on the reported split).
   """
 

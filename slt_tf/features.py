@@ -1,6 +1,6 @@
 """Frozen networks that turn images into features: for the moment-matching loss and for evaluation.
 
-Feature networks (the GFMN loss, method.md "The moment-matching loss") take generator images,
+Feature networks (the GFMN loss, docs/method.md "The moment-matching loss") take generator images,
 float32 [B, H, W, C] in [-1, 1], do all preprocessing themselves (channels, size, value range)
 and return the activations of several layers, flattened per sample and concatenated:
 

@@ -1,6 +1,6 @@
 """Generators built from scored layers (or their plain Keras twins), chosen by name.
 
-Architectures (method.md, "Generators"):
+Architectures (docs/method.md, "Generators"):
 - `resnet32` / `resnet64`: GFMN ResNet generator, 4x4 start, upsampling residual blocks
   (BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, 1x1 conv + up on the skip), BN-ReLU-conv3x3-tanh.
   Filters [512, 256, 128, 64] / [1024, 512, 256, 128, 64].

@@ -27,7 +27,7 @@ def _rng(seed: int, layer_name: str, tensor_name: str) -> np.random.Generator:
 def frozen_weight(kind: str, shape: tuple[int, ...], fan_in: int, *, seed: int,
                   layer_name: str, tensor_name: str = "kernel",
                   keep_fraction: float = 1.0, scale_fan: bool = False) -> np.ndarray:
-  """Frozen random weights (float32), as in method.md.
+  """Frozen random weights (float32), as in docs/method.md.
 
   Args:
     kind: `signed_kaiming_constant`: sign(r) * sqrt(2 / fan_in) (edge-popup, Sec. 4.1);

@@ -164,7 +164,7 @@ def real_feature_moments(network: features.FeatureNetwork, images: tf.data.Datas
                          progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Per-feature mean and variance of `network` features over a whole dataset, cached.
 
-  These are mu_r and var_r of the GFMN loss (method.md, "The moment-matching loss").
+  These are mu_r and var_r of the GFMN loss (docs/method.md, "The moment-matching loss").
 
   Args:
     network: the frozen feature network.

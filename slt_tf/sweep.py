@@ -1,6 +1,6 @@
 """The dense-vs-ticket sweep: grid of runs, their commands, the results table and the plot.
 
-The comparison of method.md ("The claim we reproduce"): the dense generator trained with the
+The comparison of docs/method.md ("The claim we reproduce"): the dense generator trained with the
 moment-matching loss, tickets at several keep fractions, each over several seeds with the
 same step budget, and the untrained random generator as the floor. `bin/sweep.py` runs it;
 this module holds what can be tested without training: run names, commands, aggregation,

@@ -55,7 +55,7 @@ def test_resnet32_at_32x32_has_about_3_5_million_weights():
   spec = generators.GeneratorSpec("resnet32", 32, 3)
   generator = generators.build(spec)
   count = _num_weights(generator)
-  assert abs(count / 3.5e6 - 1.0) < 0.03, count  # method.md: about 3.5M (3,553,859).
+  assert abs(count / 3.5e6 - 1.0) < 0.03, count  # docs/method.md: about 3.5M (3,553,859).
   assert count == _num_weights(generators.build(spec, plain=True))
   scores = sum(int(np.prod(v.shape)) for v in generator.trainable_variables)
   kernels = sum(int(np.prod(layer.kernel.shape)) for layer in generator.weight_layers())
@@ -66,7 +66,7 @@ def test_resnet64_at_64x64_has_about_12_2_million_weights():
   # The plain twin has the same shapes (checked for resnet32 above) and is cheaper to build.
   generator = generators.build(generators.GeneratorSpec("resnet64", 64, 3), plain=True)
   count = _num_weights(generator)
-  assert abs(count / 12.2e6 - 1.0) < 0.03, count  # method.md: about 12.2M (12,213,827).
+  assert abs(count / 12.2e6 - 1.0) < 0.03, count  # docs/method.md: about 12.2M (12,213,827).
   assert generator(np.zeros((1, 128), np.float32)).shape == (1, 64, 64, 3)
 
 

@@ -35,8 +35,9 @@ _NUM_WARMUP_RECORDS = flags.DEFINE_integer(
     "num_warmup_records", 3, "PredictionLog records in assets.extra/tf_serving_warmup_requests "
     "(TF Serving replays them at load time; at most 1000).", lower_bound=0)
 _MAX_BATCH_SIZE = flags.DEFINE_integer(
-    "max_batch_size", servable.MAX_BATCH_SIZE, "Most seeds (or z rows) one request may ask for; "
-    "checked in the served graph (INVALID_ARGUMENT / HTTP 400 in TF Serving too).",
+    "max_batch_size", None, "Most seeds (or z rows) one request may ask for; checked in the "
+    "served graph (INVALID_ARGUMENT / HTTP 400 in TF Serving too). Default: 256 up to 32x32 "
+    "images, fewer in proportion to the pixels above (64 at 64x64).",
     lower_bound=1, upper_bound=65536)
 flags.mark_flag_as_required("export_dir")
 

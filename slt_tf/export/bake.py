@@ -225,7 +225,7 @@ def from_workdir(workdir: str) -> tuple[generators.Generator, dict]:
 
 def export(*, export_base: str, workdir: str | None = None, ticket_path: str | None = None,
            model_name: str = "slt", version: int = 1, num_warmup_records: int = 3,
-           max_batch_size: int = servable.MAX_BATCH_SIZE) -> str:
+           max_batch_size: int | None = None) -> str:
   """Bakes a workdir's latest checkpoint or a ticket file and writes it for TF Serving.
 
   Args:
@@ -235,7 +235,8 @@ def export(*, export_base: str, workdir: str | None = None, ticket_path: str | N
     model_name: TF Serving model name.
     version: version directory number; never overwritten.
     num_warmup_records: PredictionLog records in assets.extra/tf_serving_warmup_requests.
-    max_batch_size: the most seeds or z rows per request (checked in the served graph).
+    max_batch_size: the most seeds or z rows per request (checked in the served graph);
+      None: `servable.default_max_batch_size` of the image size.
 
   Returns:
     The version directory.

@@ -8,6 +8,7 @@ inside the SavedModel with `slt_tf.sampling.latents(seeds, latent_dim, stream=0)
 import base64
 import json
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -97,7 +98,13 @@ def generate_local(saved_model_dir: str, *, seeds: np.ndarray | None = None,
   if signature not in model.signatures:
     raise errors.SltError(f"{path} has no signature {signature!r}; it has "
                           f"{sorted(model.signatures)}")
-  (name, value), = model.signatures[signature](seeds=tf.constant(seeds)).items()
+  try:
+    (name, value), = model.signatures[signature](seeds=tf.constant(seeds)).items()
+  except tf.errors.InvalidArgumentError as e:  # E.g. more seeds than max_batch_size.
+    message = re.search(r"at most \d+ .*? per request[^]]*", e.message)
+    raise errors.SltError(f"{path} refused the request: "
+                          f"{message.group(0) if message else ' '.join(e.message.split())[:300]}"
+                          ) from None
   return _images_from_output(name, value.numpy(), len(seeds))
 
 
@@ -317,8 +324,11 @@ def seed_range(first_seed: int, num: int) -> np.ndarray:
 def generate(*, seeds: np.ndarray, server: str | None = None, grpc_address: str | None = None,
              saved_model: str | None = None, model_name: str = "slt",
              signature: str | None = None, version: int | None = None,
-             timeout: float = 30) -> np.ndarray:
+             timeout: float = 30, max_batch_size: int | None = None) -> np.ndarray:
   """Generates images from exactly one source: REST `server`, `grpc_address` or `saved_model`.
+
+  Requests hold at most `max_batch_size` seeds (default servable.MAX_BATCH_SIZE, and the
+  model's own limit when its answer names a lower one).
 
   `signature` None picks each transport's default (REST generate_png, gRPC and local
   generate_uint8); all give the same uint8 images [N, H, W, C].
@@ -330,12 +340,25 @@ def generate(*, seeds: np.ndarray, server: str | None = None, grpc_address: str 
                           "--grpc=HOST:8500 or --saved_model=PATH"
                           + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
   seeds = _check_seeds(seeds)
-  if len(seeds) > servable.MAX_BATCH_SIZE:  # A served model takes at most this many at once.
-    return np.concatenate([
-        generate(seeds=seeds[i:i + servable.MAX_BATCH_SIZE], server=server,
-                 grpc_address=grpc_address, saved_model=saved_model, model_name=model_name,
-                 signature=signature, version=version, timeout=timeout)
-        for i in range(0, len(seeds), servable.MAX_BATCH_SIZE)])
+  arguments = dict(server=server, grpc_address=grpc_address, saved_model=saved_model,
+                   model_name=model_name, signature=signature, version=version, timeout=timeout)
+  chunk = max_batch_size or servable.MAX_BATCH_SIZE
+  if len(seeds) > chunk:  # A served model takes at most max_batch_size seeds at once.
+    return np.concatenate([generate(seeds=seeds[i:i + chunk], max_batch_size=chunk, **arguments)
+                           for i in range(0, len(seeds), chunk)])
+  try:
+    return _generate_one(seeds=seeds, **arguments)
+  except errors.SltError as e:  # The model's own limit is lower: split by it.
+    limit = re.search(r"at most (\d+) seeds per request", str(e))
+    if limit is None or int(limit.group(1)) >= len(seeds):
+      raise
+    return generate(seeds=seeds, max_batch_size=int(limit.group(1)), **arguments)
+
+
+def _generate_one(*, seeds: np.ndarray, server: str | None, grpc_address: str | None,
+                  saved_model: str | None, model_name: str, signature: str | None,
+                  version: int | None, timeout: float) -> np.ndarray:
+  """One request to the one source `generate` checked."""
   if server:
     logging.info("Sampling %d images over REST from %s model %r", len(seeds), server, model_name)
     return generate_rest(server, model_name, seeds=seeds,

@@ -46,9 +46,16 @@ METADATA_FILE = "slt_metadata.json"
 ASSETS_EXTRA = "assets.extra"
 # TF Serving reads at most this many warmup records (saved_model_warmup_util).
 MAX_WARMUP_RECORDS = 1000
-# Default largest batch (seeds or z rows) one request may ask for; checked in the graph, so TF
-# Serving enforces it too (INVALID_ARGUMENT, HTTP 400). Clients split larger requests.
+# Default largest batch (seeds or z rows) one request may ask for, for images of at most 32x32
+# (fewer for larger images: `default_max_batch_size`); checked in the graph, so TF Serving
+# enforces it too (INVALID_ARGUMENT, HTTP 400). Clients split larger requests.
 MAX_BATCH_SIZE = 256
+
+
+def default_max_batch_size(height: int, width: int) -> int:
+  """256 up to 32x32 images, then fewer in proportion to the pixels (64 at 64x64): the serving
+  process stays under 2 GB for the largest paper generator (docs/serving.md, "Limits")."""
+  return max(1, min(MAX_BATCH_SIZE, MAX_BATCH_SIZE * 32 * 32 // (height * width)))
 _MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -109,8 +116,8 @@ class _ServableGenerator(tf.Module):
 
 
 def _check_arguments(latent_dim, model_name, version, num_warmup_records, metadata,
-                     max_batch_size=MAX_BATCH_SIZE):
-  if (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int)
+                     max_batch_size=None):
+  if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int)
       or not 1 <= max_batch_size <= 65536):
     raise errors.SltError(f"max_batch_size must be an integer in [1, 65536], got "
                           f"{max_batch_size!r}")
@@ -185,7 +192,7 @@ def warmup_records(model_name: str, latent_dim: int, num_records: int) -> list[b
 
 def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
                    model_name: str = "slt", version: int = 1, num_warmup_records: int = 3,
-                   metadata: dict | None = None, max_batch_size: int = MAX_BATCH_SIZE) -> str:
+                   metadata: dict | None = None, max_batch_size: int | None = None) -> str:
   """Writes `generator` as version `version` of TF Serving model `model_name`.
 
   The SavedModel is written to a temporary sibling directory (a name TF Serving ignores, since
@@ -202,7 +209,8 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
     num_warmup_records: PredictionLog records in assets.extra/tf_serving_warmup_requests.
     metadata: JSON-serialisable extras stored in assets.extra/slt_metadata.json.
     max_batch_size: the most seeds (or z rows) one request may ask for, checked in the graph
-      (INVALID_ARGUMENT over gRPC, HTTP 400 over REST, in TF Serving too).
+      (INVALID_ARGUMENT over gRPC, HTTP 400 over REST, in TF Serving too); None:
+      `default_max_batch_size` of the image size.
 
   Returns:
     The version directory E/<model_name>/<version>.
@@ -222,6 +230,8 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
                           f"{version_dir}; pass a new version number (existing versions are "
                           "never overwritten)")
   image_shape = _image_shape(generator, latent_dim)
+  if max_batch_size is None:
+    max_batch_size = default_max_batch_size(image_shape[0], image_shape[1])
   servable = _ServableGenerator(generator, latent_dim, max_batch_size)
 
   created = [d for d in (export_base, model_base_path) if not tf.io.gfile.exists(d)]
