@@ -21,8 +21,8 @@ Limits (one request cannot take the process): the model's max_batch_size (checke
 graph: INVALID_ARGUMENT / HTTP 400); request bodies and gRPC messages of at most
 MAX_REQUEST_BYTES (HTTP 413 / RESOURCE_EXHAUSTED); a missing, malformed or negative
 Content-Length or JSON nested deeper than Python's parser allows is HTTP 400; a connection
-that sends nothing for SOCKET_TIMEOUT_S is closed; at most `max_workers` predictions run at
-once over each transport.
+that sends nothing for SOCKET_TIMEOUT_S is closed; at most MAX_CONCURRENT_PREDICTIONS
+predictions run at once over both transports (each may hold its batch's activations).
 """
 
 import base64
@@ -51,6 +51,7 @@ _STATUS_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?")
 _MAX_MESSAGE_BYTES = 2**31 - 1
 MAX_REQUEST_BYTES = 16 << 20
 SOCKET_TIMEOUT_S = 30.0
+MAX_CONCURRENT_PREDICTIONS = 2
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.NOT_FOUND: 404,
@@ -150,7 +151,8 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except Exception as e:  # A malformed TensorProto (e.g. content of the wrong size).
           raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                              f"cannot parse input {name!r}: {e}") from e
-      signature_name, outputs = model.predict(request.model_spec.signature_name, inputs)
+      with self._server.predict_slots:
+        signature_name, outputs = model.predict(request.model_spec.signature_name, inputs)
     except ServingError as e:
       logging.info("gRPC Predict failed: %s: %s", e.code.name, e.message)
       context.abort(e.code, e.message)
@@ -407,8 +409,8 @@ class ModelServer:
     self.model_name = model_name
     self._version = version
     self._max_workers = max_workers
-    # REST answers each connection in a thread: at most max_workers predictions at once.
-    self.predict_slots = threading.BoundedSemaphore(max_workers)
+    # REST answers each connection in a thread; gRPC has max_workers threads: both share these.
+    self.predict_slots = threading.BoundedSemaphore(MAX_CONCURRENT_PREDICTIONS)
     self._model = None
     self._grpc_server = None
     self._http_server = None

@@ -132,11 +132,23 @@ def test_stalled_connection_is_closed_after_the_socket_timeout(server):
     assert time.monotonic() - start < 10
 
 
-def test_client_splits_requests_larger_than_the_limit(export_base, monkeypatch):
-  monkeypatch.setattr(servable, "MAX_BATCH_SIZE", LIMIT)
-  images = client.generate(seeds=np.arange(3 * LIMIT + 1),
-                           saved_model=os.path.join(export_base, "tiny"))
-  assert images.shape == (3 * LIMIT + 1, 8, 8, 3)
+def test_client_splits_requests_by_the_models_limit(export_base, server):
+  _, grpc_port, rest_port = server
+  expected = client.generate_local(os.path.join(export_base, "tiny"), seeds=np.arange(LIMIT))
+  for source in ({"saved_model": os.path.join(export_base, "tiny")},
+                 {"server": f"http://127.0.0.1:{rest_port}", "model_name": "tiny"},
+                 {"grpc_address": f"127.0.0.1:{grpc_port}", "model_name": "tiny"}):
+    images = client.generate(seeds=np.arange(3 * LIMIT + 1), **source)
+    assert images.shape == (3 * LIMIT + 1, 8, 8, 3)
+    assert np.array_equal(images[:LIMIT], expected)
+  with pytest.raises(SltError, match=rf"refused the request: at most {LIMIT} seeds per request"):
+    client.generate_local(os.path.join(export_base, "tiny"), seeds=np.arange(LIMIT + 1))
+
+
+def test_default_limit_shrinks_with_the_image_size():
+  assert servable.default_max_batch_size(16, 16) == 256
+  assert servable.default_max_batch_size(32, 32) == 256
+  assert servable.default_max_batch_size(64, 64) == 64
 
 
 def test_export_dir_that_is_a_file_is_one_line_and_writes_nothing(tmp_path):
