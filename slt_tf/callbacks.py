@@ -60,12 +60,12 @@ class StopOnNonFinite(keras.callbacks.Callback):
 class Preempted(errors.SltError):
   """The run received SIGTERM or SIGINT; a checkpoint of the step it stopped at was saved.
 
-  `exit_code` is 128 + the signal number (143, or 130 for Ctrl-C), as a shell reports it.
+  `exit_code`: 130 for Ctrl-C (SIGINT), as shells report it; 1 for SIGTERM (docs/scaling.md).
   """
 
   def __init__(self, message: str, signum: int = signal.SIGTERM):
     super().__init__(message)
-    self.exit_code = 128 + int(signum)
+    self.exit_code = 130 if signum == signal.SIGINT else 1
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Both: checkpoint this step, then stop.

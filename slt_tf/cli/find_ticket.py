@@ -5,7 +5,7 @@
 
 A rerun with the same workdir resumes from the latest checkpoint (or --resume_from=ckpt-N). One
 run per workdir (W/.lock). SIGTERM or Ctrl-C saves a checkpoint of the current step and exits
-(143 / 130). Several GPUs, several hosts (TF_CONFIG), preemption: docs/scaling.md.
+(exit status 1 / 130). Several GPUs, several hosts (TF_CONFIG), preemption: docs/scaling.md.
 """
 
 from absl import flags
