@@ -367,3 +367,25 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, *, title:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path)
   pyplot.close(figure)
+
+
+def side_by_side(grids: dict[str, str], path: str, *, title: str = "") -> None:
+  """The sample-grid PNGs of several runs next to each other, each titled with its label."""
+  import matplotlib  # pylint: disable=g-import-not-at-top  # Only when plotting.
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+
+  figure, axes = pyplot.subplots(1, len(grids), figsize=(4 * len(grids), 4.4), dpi=120,
+                                 squeeze=False)
+  for axis, (label, grid_path) in zip(axes[0], grids.items()):
+    with tf.io.gfile.GFile(grid_path, "rb") as f:
+      image = tf.io.decode_png(f.read()).numpy()
+    axis.imshow(image.squeeze(), cmap="gray", interpolation="nearest", vmin=0, vmax=255)
+    axis.set_title(label, fontsize=10)
+    axis.axis("off")
+  if title:
+    figure.suptitle(title, fontsize=9)
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path)
+  pyplot.close(figure)

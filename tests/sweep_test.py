@@ -210,3 +210,15 @@ def test_eval_curve_reads_back_the_periodic_evaluation_scalars_and_plots_them(tm
   sweep.plot_curves({"dense": curve}, path)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_side_by_side_puts_two_grids_in_one_png(tmp_path):
+  from slt_tf import images  # pylint: disable=g-import-not-at-top
+  paths = {}
+  for label, value in (("dense", 0), ("ticket", 255)):
+    paths[label] = str(tmp_path / f"{label}.png")
+    images.save_grid_png(paths[label], np.full((4, 8, 8, 1), value, np.uint8))
+  out = str(tmp_path / "both.png")
+  sweep.side_by_side(paths, out, title="t")
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -127,6 +127,15 @@ def main(argv):
   written = sweep.write_results(
       results, results_dir,
       title=f"{_CONFIG.value}, {num_steps} steps, {_NUM_SAMPLES.value} samples{dense_note}")
+  first = {run.group: os.path.join((_DENSE_BASE_DIR.value or base_dir) if run.method ==
+                                   sweep.DENSE else base_dir, run.name, "samples", "final.png")
+           for run in reversed(runs)}  # The first seed's run of each row.
+  shown = {label: first[group] for label, group in (("dense (GFMN, weights trained)", sweep.DENSE),
+                                                    ("ticket, 10% of the weights kept", "keep 0.1"))
+           if group in first and os.path.exists(first[group])}
+  if len(shown) == 2:
+    sweep.side_by_side(shown, os.path.join(results_dir, "samples_dense_vs_ticket.png"),
+                       title=f"{_CONFIG.value}, seed {runs[0].seed}, {num_steps} steps")
   with open(written["paths"]["results.md"], encoding="utf-8") as f:
     print(f.read())
   if missing:
