@@ -115,7 +115,8 @@ def models(tmp_path_factory):
   small = tiny_generator((8, 8, 3))
   servable.write_servable(small, latent_dim=LATENT_DIM, export_base=export_base, model_name="slt")
   servable.write_servable(tiny_generator((128, 128, 3), seed=1), latent_dim=LATENT_DIM,
-                          export_base=export_base, model_name="big", num_warmup_records=1)
+                          export_base=export_base, model_name="big", num_warmup_records=1,
+                          max_batch_size=128)  # One request of 90 images (default: 16).
   return {"export_base": export_base, "generator": small,
           "slt": os.path.join(export_base, "slt"), "big": os.path.join(export_base, "big")}
 
