@@ -25,7 +25,6 @@ that sends nothing for SOCKET_TIMEOUT_S is closed; at most MAX_CONCURRENT_PREDIC
 predictions run at once over both transports (each may hold its batch's activations).
 """
 
-import base64
 from concurrent import futures
 import http.server
 import json
@@ -35,12 +34,13 @@ import threading
 
 from absl import logging
 import grpc
-import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from export import rest_json
 from export import servable
+from export.rest_json import ServingError  # Public here too (model_server.ServingError).
 from slt_tf import errors
 
 # TF Serving's URL patterns (model_servers/http_rest_api_util.cc), labels left out.
@@ -52,26 +52,7 @@ _MAX_MESSAGE_BYTES = 2**31 - 1
 MAX_REQUEST_BYTES = 16 << 20
 SOCKET_TIMEOUT_S = 30.0
 MAX_CONCURRENT_PREDICTIONS = 2
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 _GRPC_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class ServingError(Exception):
-  """A request failed with a gRPC status code (mapped to an HTTP status for REST)."""
-
-  def __init__(self, code: grpc.StatusCode, message: str):
-    super().__init__(message)
-    self.code = code
-    self.message = message
-
-  @property
-  def http_status(self) -> int:
-    return _HTTP_STATUS.get(self.code, 500)
 
 
 class _LoadedModel:
@@ -163,121 +144,6 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     for name, value in outputs.items():
       response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
     return response
-
-
-def _json_to_array(value, dtype: tf.DType, name: str) -> np.ndarray:
-  """JSON value -> ndarray of the signature's dtype, with TF Serving's type rules.
-
-  Floats accept JSON numbers; integers accept only JSON integers; strings accept JSON strings
-  or {"b64": ...}. Booleans are not numbers.
-  """
-
-  def leaf(item):
-    if isinstance(item, list):
-      return [leaf(x) for x in item]
-    if dtype == tf.string:
-      if isinstance(item, str):
-        return item.encode("utf-8")
-      if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
-        try:
-          return base64.b64decode(item["b64"], validate=True)
-        except ValueError as e:
-          raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"input {name!r}: invalid base64: {e}") from e
-    elif dtype == tf.bool:
-      if isinstance(item, bool):
-        return item
-    elif dtype.is_integer:
-      if isinstance(item, int) and not isinstance(item, bool):
-        return item
-    elif dtype.is_floating:
-      if isinstance(item, (int, float)) and not isinstance(item, bool):
-        return item
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"input {name!r}: JSON value {json.dumps(item)[:50]} is not of "
-                       f"expected type: {dtype.name}")
-
-  converted = leaf(value)
-  try:
-    if dtype == tf.string:
-      return np.array(converted, dtype=object)
-    return np.array(converted, dtype=dtype.as_numpy_dtype)
-  except (ValueError, OverflowError) as e:
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"input {name!r} is not a rectangular tensor of {dtype.name}: "
-                       f"{str(e).splitlines()[0]}") from e
-
-
-def _array_to_json(value: np.ndarray, output_name: str):
-  """ndarray -> JSON value; string outputs named *_bytes become {"b64": ...}."""
-  if value.dtype == object or value.dtype.kind in "SU":
-    encode_b64 = output_name.endswith("_bytes")
-
-    def leaf(item):
-      if isinstance(item, np.ndarray):
-        return [leaf(x) for x in item]
-      item = item if isinstance(item, bytes) else str(item).encode("utf-8")
-      if encode_b64:
-        return {"b64": base64.b64encode(item).decode("ascii")}
-      return item.decode("utf-8", errors="replace")
-
-    return leaf(np.asarray(value, dtype=object))
-  return value.tolist()
-
-
-def _parse_rest_inputs(body: dict, specs: dict) -> tuple[dict, bool]:
-  """Request body -> ({input name: ndarray}, row_format)."""
-  if ("instances" in body) == ("inputs" in body):
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       'Missing \'inputs\' or \'instances\' key (exactly one is required)')
-  if "inputs" in body:  # Columnar: {name: tensor} or, for one input, the tensor itself.
-    columns = body["inputs"]
-    if not (isinstance(columns, dict) and set(columns) <= set(specs) and columns):
-      if len(specs) != 1:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"'inputs' must be an object with keys {sorted(specs)}")
-      columns = {next(iter(specs)): columns}
-    return {name: _json_to_array(value, specs[name].dtype, name)
-            for name, value in columns.items()}, False
-  instances = body["instances"]
-  if not isinstance(instances, list) or not instances:
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       "'instances' must be a non-empty list")
-  names = sorted(specs)
-  rows = {name: [] for name in names}
-  for instance in instances:
-    if isinstance(instance, dict) and not (set(instance) == {"b64"} and len(specs) == 1):
-      if set(instance) != set(names):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"each instance must have keys {names}, got {sorted(instance)}")
-      for name in names:
-        rows[name].append(instance[name])
-    elif len(names) == 1:
-      rows[names[0]].append(instance)
-    else:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"each instance must be an object with keys {names}")
-  return {name: _json_to_array(values, specs[name].dtype, name)
-          for name, values in rows.items()}, True
-
-
-def _rest_response(outputs: dict, row_format: bool) -> dict:
-  if row_format:
-    sizes = {value.shape[0] if value.ndim else None for value in outputs.values()}
-    if len(sizes) != 1 or None in sizes:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         "row format needs every output to have the same batch size; "
-                         "use the columnar 'inputs' format")
-    if len(outputs) == 1:
-      (name, value), = outputs.items()
-      return {"predictions": _array_to_json(value, name)}
-    batch = sizes.pop()
-    return {"predictions": [{name: _array_to_json(value[i], name)
-                             for name, value in outputs.items()} for i in range(batch)]}
-  if len(outputs) == 1:
-    (name, value), = outputs.items()
-    return {"outputs": _array_to_json(value, name)}
-  return {"outputs": {name: _array_to_json(value, name) for name, value in outputs.items()}}
 
 
 def _make_rest_handler(server: "ModelServer"):
@@ -376,10 +242,10 @@ def _make_rest_handler(server: "ModelServer"):
       if not isinstance(signature_name, str):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'signature_name' must be a string")
       signature_name, specs = model.input_specs(signature_name, rest=True)
-      inputs, row_format = _parse_rest_inputs(request, specs)
+      inputs, row_format = rest_json.parse_rest_inputs(request, specs)
       with server.predict_slots:
         _, outputs = model.predict(signature_name, inputs, rest=True)
-      return _rest_response(outputs, row_format)
+      return rest_json.rest_response(outputs, row_format)
 
   return Handler
 
