@@ -16,7 +16,7 @@ import numpy as np
 from slt_tf import errors
 
 WEIGHT_INITS = ("signed_kaiming_constant", "kaiming_normal", "normal_002")
-SCORE_INITS = ("kaiming_uniform", "uniform_01")
+SCORE_INITS = ("kaiming_uniform", "uniform_01", "unit_uniform")
 
 
 def _rng(seed: int, layer_name: str, tensor_name: str) -> np.random.Generator:
@@ -65,9 +65,12 @@ def score(kind: str, shape: tuple[int, ...], fan_in: int, *, seed: int, layer_na
 
   Args:
     kind: `kaiming_uniform`: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. PyTorch's
-      kaiming_uniform_(a=sqrt(5)) used by edge-popup; `uniform_01`: U(-0.1, 0.1) (paper code).
+      kaiming_uniform_(a=sqrt(5)) used by edge-popup; `uniform_01`: U(-0.1, 0.1) (paper code);
+      `unit_uniform`: U(0, 1), Gem-Miner's scores (probabilities, thresholded at 0.5).
   """
   rng = _rng(seed, layer_name, tensor_name)
+  if kind == "unit_uniform":
+    return rng.uniform(0.0, 1.0, shape).astype(np.float32)
   if kind == "kaiming_uniform":
     bound = 1.0 / math.sqrt(fan_in)
   elif kind == "uniform_01":

@@ -16,7 +16,8 @@ import tensorflow as tf
 from slt_tf import initializers
 from slt_tf import masking
 
-_RULES = {"edge_popup": masking.TopK, "global_edge_popup": masking.GlobalTopK}
+_RULES = {"edge_popup": masking.TopK, "global_edge_popup": masking.GlobalTopK,
+          "gem_miner": masking.Threshold}
 
 
 class ScoredLayer(keras.layers.Layer):
@@ -86,14 +87,19 @@ class ScoredLayer(keras.layers.Layer):
                                   trainable=self.is_dense)
     self.kernel_scores = None
     self.bias_scores = None
+    # A rule may bound its scores (Gem-Miner: [0, 1]); Keras' optimiser applies the constraint
+    # after each update. Rules without one (edge-popup) leave the scores free, as before.
+    constraint = getattr(self.mask_rule, "score_constraint", None)
     if not self.is_dense:
       self.kernel_scores = self.add_weight(name="kernel_scores", shape=shape,
-                                           initializer=scores(shape, "kernel_scores"))
+                                           initializer=scores(shape, "kernel_scores"),
+                                           constraint=constraint)
       if hasattr(self.mask_rule, "register"):
         self.mask_rule.register(self.kernel_scores)
       if self.mask_bias:
         self.bias_scores = self.add_weight(name="bias_scores", shape=bias_shape,
-                                           initializer=scores(bias_shape, "bias_scores"))
+                                           initializer=scores(bias_shape, "bias_scores"),
+                                           constraint=constraint)
         if hasattr(self.mask_rule, "register"):
           self.mask_rule.register(self.bias_scores)
 

@@ -4,7 +4,12 @@ Edge-popup (Ramanujan et al., CVPR 2020, Alg. 1): the forward pass keeps the wei
 |score| is among the k largest and multiplies the rest by zero; the backward pass treats the
 mask as the identity of |score|, so dL/ds = sign(s) * dL/dm.
 
-`keep_fraction` is always the fraction of weights KEPT (0.1 keeps 10%).
+Gem-Miner (Sreenivasan et al., NeurIPS 2022): scores live in [0, 1], the mask keeps the weights
+whose score is at least 0.5, and the gradient reaches the scores unchanged (straight-through);
+the sparsity comes from a regulariser on the scores (slt_tf/gem_miner.py), not from a top-k.
+
+`keep_fraction` is always the fraction of weights KEPT (0.1 keeps 10%); for Gem-Miner it is
+the target the regulariser's annealing aims at, not a count the mask enforces.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import tensorflow as tf
 
 from slt_tf import errors
 
-METHODS = ("edge_popup", "global_edge_popup", "dense")
+METHODS = ("edge_popup", "global_edge_popup", "dense", "gem_miner", "imp")
+# Methods whose generator trains its kernels (no scores, no mask rule): the dense baseline and
+# iterative magnitude pruning, whose masks live outside the generator (slt_tf/imp.py).
+WEIGHT_TRAINING_METHODS = ("dense", "imp")
+GEM_MINER_THRESHOLD = 0.5
 
 
 def num_kept(num_weights: int, keep_fraction: float) -> int:
@@ -167,12 +176,55 @@ class GlobalTopK:
     return {"name": self.name, "keep_fraction": self.keep_fraction}
 
 
+def straight_through_threshold(scores: tf.Tensor, threshold: float) -> tf.Tensor:
+  """Float mask `scores >= threshold`; the gradient w.r.t. the scores is dL/dm unchanged."""
+
+  @tf.custom_gradient
+  def _mask(tensor):
+    def grad(upstream):
+      return upstream
+    return tf.cast(tensor >= threshold, tensor.dtype), grad
+
+  return _mask(tf.convert_to_tensor(scores))
+
+
+def clip_to_unit_interval(scores):
+  """Projection of scores onto [0, 1] after each optimiser step (a Keras variable constraint)."""
+  return tf.clip_by_value(scores, 0.0, 1.0)
+
+
+class Threshold:
+  """Gem-Miner: keep the weights whose score (in [0, 1]) is at least 0.5.
+
+  `keep_fraction` is the target of the regulariser's annealing (slt_tf/gem_miner.py); the mask
+  itself keeps however many scores are above the threshold. `score_constraint` keeps the scores
+  in [0, 1]: the layers hand it to Keras, whose optimiser applies it after every update.
+  """
+
+  name = "gem_miner"
+  threshold = GEM_MINER_THRESHOLD
+
+  def __init__(self, keep_fraction: float):
+    validate_keep_fraction(keep_fraction)
+    self.keep_fraction = float(keep_fraction)
+    self.score_constraint = clip_to_unit_interval
+
+  def __call__(self, scores) -> tf.Tensor:
+    return straight_through_threshold(scores, self.threshold)
+
+  def get_config(self) -> dict:
+    return {"name": self.name, "keep_fraction": self.keep_fraction}
+
+
 def make_rule(method: str, keep_fraction: float):
-  """The masking rule for a config's `method`; None for `dense` (kernels trained, no mask)."""
+  """The masking rule for a config's `method`; None for `dense` and `imp` (kernels trained,
+  no scores: IMP's masks are applied to the kernels by slt_tf/imp.py)."""
   if method == "edge_popup":
     return TopK(keep_fraction)
   if method == "global_edge_popup":
     return GlobalTopK(keep_fraction)
-  if method == "dense":
+  if method == "gem_miner":
+    return Threshold(keep_fraction)
+  if method in WEIGHT_TRAINING_METHODS:
     return None
   raise errors.SltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

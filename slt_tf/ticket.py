@@ -205,8 +205,8 @@ _SPEC_FIELDS = {
     "filters": (lambda v: isinstance(v, list) and 1 <= len(v) <= 16 and all(
         _is_int(f) and 1 <= f <= MAX_FILTERS for f in v),
                 f"a list of 1 to 16 integers in [1, {MAX_FILTERS}]"),
-    "method": (lambda v: v in ("edge_popup", "global_edge_popup"),
-               "edge_popup or global_edge_popup"),
+    "method": (lambda v: v in ("edge_popup", "global_edge_popup", "gem_miner"),
+               "edge_popup, global_edge_popup or gem_miner"),
     "keep_fraction": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                       and 0 < v <= 1, "a number in (0, 1]"),
     "weight_init": (lambda v: v in initializers.WEIGHT_INITS, ", ".join(initializers.WEIGHT_INITS)),

@@ -34,8 +34,9 @@ def _num_weights(generator) -> int:
 def test_every_generator_builds_and_outputs_images_in_minus_one_one(name, method):
   image_size, channels = (16, 1) if name == "dcgan" else (8, 3)
   filters = (8, 6, 4) if name == "dcgan" else (8, 4)
+  score_init = "unit_uniform" if method == "gem_miner" else "kaiming_uniform"  # [0, 1] scores.
   spec = _spec(name, image_size=image_size, channels=channels, filters=filters, method=method,
-               keep_fraction=0.5)
+               keep_fraction=0.5, score_init=score_init)
   generator = generators.build(spec)
   z = _latents()
   for training in (False, True):

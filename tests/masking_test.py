@@ -233,11 +233,13 @@ def test_make_rule_returns_the_rule_of_each_method():
   assert isinstance(masking.make_rule("edge_popup", 0.1), masking.TopK)
   assert isinstance(masking.make_rule("global_edge_popup", 0.1), masking.GlobalTopK)
   assert masking.make_rule("dense", 0.1) is None
+  assert masking.make_rule("imp", 0.1) is None  # IMP trains kernels; slt_tf/imp.py masks them.
+  assert isinstance(masking.make_rule("gem_miner", 0.1), masking.Threshold)
   assert masking.make_rule("edge_popup", 0.3).get_config() == {
       "name": "edge_popup", "keep_fraction": 0.3}
 
 
-@pytest.mark.parametrize("method", ["gem_miner", "EdgePopup", ""])
+@pytest.mark.parametrize("method", ["gemminer", "EdgePopup", ""])
 def test_make_rule_rejects_unknown_methods_naming_the_valid_ones(method):
   with pytest.raises(SltError) as error:
     masking.make_rule(method, 0.1)
