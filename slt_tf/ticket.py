@@ -1,12 +1,16 @@
-"""The ticket file: seed + initialiser spec + masks packed one bit per weight, with a checksum.
+"""The ticket file: seed + initialiser spec + masks coded near their entropy, with a checksum.
 
 Layout (little endian, no pickle):
   b"SLTTICKT" | uint32 format version | uint32 header length | header (UTF-8 JSON)
   | payload (the arrays the header lists, at the offsets it gives) | SHA-256 of all before.
 The header holds the generator spec (architecture, seed, initialisers, method, keep_fraction),
-per layer the mask shapes and kept counts, and metadata. Masks are `np.packbits` bits
-compressed with zlib; batch-norm moving statistics are float32. The frozen weights are not
-stored: `build_generator` regenerates them from the seed bit for bit.
+per layer the mask shapes and kept counts, where the frozen weights come from, and metadata.
+Format 2 (written): masks are Rice-coded gaps (`slt_tf.mask_coding`; each entry gives its
+`rice_parameter` and `inverted`), within about 1.5% of n * H(keep) bits; `frozen_weights` is
+{"source": "seed"} or the trained checkpoint and sha256 (`slt_tf.init_checkpoint`).
+Format 1 (still read): masks are `np.packbits` bits compressed with zlib; weights from the seed.
+Batch-norm moving statistics are float32. The frozen weights are not stored: `build_generator`
+regenerates them from the seed bit for bit (or reads and verifies the recorded checkpoint).
 """
 
 from __future__ import annotations
@@ -15,18 +19,21 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import struct
-import zlib
 
 import numpy as np
 import tensorflow as tf
 
 from slt_tf import errors
 from slt_tf import generators
+from slt_tf import init_checkpoint
 from slt_tf import initializers
+from slt_tf import mask_coding
 
 MAGIC = b"SLTTICKT"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sII")
 # What a ticket may describe (checked before anything is allocated). The largest paper
 # generator (resnet64) has about 12M weights and a header of a few KB.
@@ -37,6 +44,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_LATENT_DIM = 65536
 MAX_FILTERS = 16384
 MAX_SEED = 2**31 - 1
+MAX_PATH_CHARS = 4096
 
 
 @dataclasses.dataclass
@@ -46,6 +54,8 @@ class Ticket:
   masks: dict[str, np.ndarray]          # "<layer>/kernel" or "<layer>/bias" -> bool array
   batch_norm: dict[str, np.ndarray]     # "<layer>/moving_mean" | "/moving_variance" -> float32
   metadata: dict = dataclasses.field(default_factory=dict)
+  # None: frozen weights regenerated from spec.seed; else read (and verified) from a checkpoint.
+  frozen_source: init_checkpoint.Source | None = None
 
   @property
   def num_weights(self) -> int:
@@ -76,23 +86,27 @@ def current_masks(generator: generators.Generator) -> dict[str, np.ndarray]:
   return result
 
 
-def from_generator(generator: generators.Generator, metadata: dict | None = None) -> Ticket:
+def from_generator(generator: generators.Generator, metadata: dict | None = None,
+                   frozen_source: init_checkpoint.Source | None = None) -> Ticket:
   if generator.mask_rule is None:
     raise errors.SltError("a dense generator has no ticket (method=dense trains the weights)")
   batch_norm = {}
   for layer in generator.batch_norm_layers():
     batch_norm[f"{layer.name}/moving_mean"] = np.asarray(layer.moving_mean, np.float32)
     batch_norm[f"{layer.name}/moving_variance"] = np.asarray(layer.moving_variance, np.float32)
-  return Ticket(generator.spec, current_masks(generator), batch_norm, dict(metadata or {}))
+  return Ticket(generator.spec, current_masks(generator), batch_norm, dict(metadata or {}),
+                frozen_source)
 
 
 def to_bytes(ticket: Ticket) -> bytes:
   """Serialises a ticket (see the module docstring for the layout)."""
   entries, chunks, offset = [], [], 0
   for key, mask in ticket.masks.items():
-    data = zlib.compress(np.packbits(mask.reshape(-1)).tobytes(), 9)
+    coded = mask_coding.encode(mask)
+    data = coded.data
     entries.append({"key": key, "kind": "mask", "shape": list(mask.shape),
-                    "num_kept": int(mask.sum()), "offset": offset, "length": len(data)})
+                    "num_kept": coded.num_kept, "offset": offset, "length": len(data),
+                    "rice_parameter": coded.rice_parameter, "inverted": coded.inverted})
     chunks.append(data)
     offset += len(data)
   for key, values in ticket.batch_norm.items():
@@ -101,8 +115,10 @@ def to_bytes(ticket: Ticket) -> bytes:
                     "offset": offset, "length": len(data)})
     chunks.append(data)
     offset += len(data)
+  frozen = ticket.frozen_source.to_dict() if ticket.frozen_source else {"source": "seed"}
   header = json.dumps({"generator": ticket.spec.to_dict(), "arrays": entries,
-                       "metadata": ticket.metadata}, sort_keys=True).encode()
+                       "metadata": ticket.metadata, "frozen_weights": frozen},
+                      sort_keys=True).encode()
   body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(chunks)
   return body + hashlib.sha256(body).digest()
 
@@ -122,19 +138,19 @@ def from_bytes(blob: bytes, source: str = "ticket") -> Ticket:
     raise errors.SltError(f"{source} failed its SHA-256 checksum: the file is truncated or "
                           "modified; re-export it from the run's workdir")
   _, version, header_length = _PREFIX.unpack_from(body)
-  if version != FORMAT_VERSION:
-    raise errors.SltError(f"{source} has ticket format {version}; this slt_tf reads "
-                          f"format {FORMAT_VERSION}")
+  if version not in READABLE_VERSIONS:
+    raise errors.SltError(f"{source} has ticket format {version}; this slt_tf reads formats "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
   if header_length > min(MAX_HEADER_BYTES, len(body) - _PREFIX.size):
     raise _bad(source, f"header length {header_length} exceeds the file or the "
                f"{MAX_HEADER_BYTES}-byte limit")
-  header = _parse_header(body[_PREFIX.size:_PREFIX.size + header_length], source)
+  header = _parse_header(body[_PREFIX.size:_PREFIX.size + header_length], source, version)
   spec = _spec_from_header(header["generator"], source)
   payload = memoryview(body)[_PREFIX.size + header_length:]
   expected = expected_arrays(spec)
   masks, batch_norm, end = {}, {}, 0
   for index, entry in enumerate(header["arrays"]):
-    key, kind, shape = _check_entry(entry, index, expected, masks, batch_norm, source)
+    key, kind, shape = _check_entry(entry, index, expected, masks, batch_norm, source, version)
     offset, length = entry["offset"], entry["length"]
     if offset != end or offset + length > len(payload):
       raise _bad(source, f"array {key!r} at bytes [{offset}, {offset + length}) is not the next "
@@ -143,7 +159,7 @@ def from_bytes(blob: bytes, source: str = "ticket") -> Ticket:
     data = payload[offset:end]
     count = math.prod(shape)
     if kind == "mask":
-      mask = _inflate_mask(data, count, key, source).reshape(shape)
+      mask = _decode_mask(data, count, entry, version, source).reshape(shape)
       if int(mask.sum()) != entry["num_kept"]:
         raise _bad(source, f"mask {key!r} keeps {int(mask.sum())} weights but its header says "
                    f"num_kept={entry['num_kept']}")
@@ -162,7 +178,8 @@ def from_bytes(blob: bytes, source: str = "ticket") -> Ticket:
     raise _bad(source, f"arrays missing for generator {spec.name}: {', '.join(missing)}")
   if end != len(payload):
     raise _bad(source, f"{len(payload) - end} payload bytes follow the last array")
-  return Ticket(spec, masks, batch_norm, header["metadata"])
+  return Ticket(spec, masks, batch_norm, header["metadata"],
+                _frozen_source(header.get("frozen_weights", {"source": "seed"}), source))
 
 
 def _bad(source: str, what: str) -> errors.SltError:
@@ -174,16 +191,18 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _parse_header(data: bytes, source: str) -> dict:
-  """The header JSON: an object with `generator` (object), `arrays` (list), `metadata`."""
+def _parse_header(data: bytes, source: str, version: int) -> dict:
+  """The header JSON: an object with `generator` (object), `arrays` (list), `metadata` (and,
+  from format 2, `frozen_weights`)."""
   try:
     header = json.loads(data.decode("utf-8"))
   except (ValueError, RecursionError) as e:
     raise _bad(source, f"its header is not JSON ({type(e).__name__})") from None
-  if not isinstance(header, dict) or set(header) != {"generator", "arrays", "metadata"}:
+  wanted = {"generator", "arrays", "metadata"} | ({"frozen_weights"} if version >= 2 else set())
+  if not isinstance(header, dict) or set(header) != wanted:
     keys = sorted(header) if isinstance(header, dict) else type(header).__name__
-    raise _bad(source, f"its header must be an object with keys arrays, generator, metadata; "
-               f"got {keys}")
+    raise _bad(source, f"its header must be an object with keys {', '.join(sorted(wanted))} "
+               f"(format {version}); got {keys}")
   if not isinstance(header["generator"], dict) or not isinstance(header["arrays"], list):
     raise _bad(source, "header 'generator' must be an object and 'arrays' a list")
   if not isinstance(header["metadata"], dict):
@@ -237,12 +256,13 @@ def _spec_from_header(values: dict, source: str) -> generators.GeneratorSpec:
 
 
 def _check_entry(entry, index: int, expected: dict, masks: dict, batch_norm: dict,
-                 source: str) -> tuple[str, str, tuple[int, ...]]:
+                 source: str, version: int) -> tuple[str, str, tuple[int, ...]]:
   """Checks one header array entry's schema, key, kind and shape; returns them."""
   fields = {"key", "kind", "shape", "offset", "length"}
-  if not isinstance(entry, dict) or not (set(entry) == fields or set(entry) == fields | {"num_kept"}):
+  mask_fields = {"num_kept"} | ({"rice_parameter", "inverted"} if version >= 2 else set())
+  if not isinstance(entry, dict) or not (set(entry) == fields or set(entry) == fields | mask_fields):
     raise _bad(source, f"array entry {index} must be an object with fields "
-               f"{', '.join(sorted(fields))} (and num_kept for masks)")
+               f"{', '.join(sorted(fields))} (and {', '.join(sorted(mask_fields))} for masks)")
   key, kind, shape = entry["key"], entry["kind"], entry["shape"]
   if not isinstance(key, str) or key not in expected:
     raise _bad(source, f"array {str(key)[:80]!r} is not one the generator has; expected "
@@ -256,29 +276,38 @@ def _check_entry(entry, index: int, expected: dict, masks: dict, batch_norm: dic
   if not isinstance(shape, list) or tuple(shape) != expected[key]:
     raise _bad(source, f"array {key!r} has shape {str(shape)[:80]}; generator {key.split('/')[0]} "
                f"needs {list(expected[key])}")
-  for name in ("offset", "length") + (("num_kept",) if kind == "mask" else ()):
+  integers = ("offset", "length") + (("num_kept",) if kind == "mask" else ())
+  for name in integers + (("rice_parameter",) if "rice_parameter" in entry else ()):
     if not _is_int(entry[name]) or entry[name] < 0:
       raise _bad(source, f"array {key!r}: {name} must be a non-negative integer")
+  if "inverted" in entry and not isinstance(entry["inverted"], bool):
+    raise _bad(source, f"array {key!r}: inverted must be true or false")
   return key, kind, expected[key]
 
 
-def _inflate_mask(data, count: int, key: str, source: str) -> np.ndarray:
-  """zlib-compressed packed bits -> bool [count]; never inflates past the expected size."""
-  packed_bytes = (count + 7) // 8
-  if len(data) > packed_bytes + packed_bytes // 100 + 64:  # zlib's worst case is ~0.03% + 11.
-    raise _bad(source, f"mask {key!r} has {len(data)} compressed bytes for {count} bits")
-  inflater = zlib.decompressobj()
+def _decode_mask(data, count: int, entry: dict, version: int, source: str) -> np.ndarray:
+  """A mask's payload -> bool [count] (format 1: zlib bits; 2: Rice-coded gaps), bounded by
+  `count` whatever the bytes say."""
   try:
-    packed = inflater.decompress(data, packed_bytes + 1)
-  except zlib.error as e:
-    raise _bad(source, f"mask {key!r} is not a valid zlib stream ({e})") from None
-  if len(packed) != packed_bytes or not inflater.eof or inflater.unconsumed_tail:
-    raise _bad(source, f"mask {key!r} does not inflate to exactly {packed_bytes} bytes "
-               f"({count} bits)")
-  bits = np.unpackbits(np.frombuffer(packed, np.uint8))
-  if bits[count:].any():
-    raise _bad(source, f"mask {key!r} has bits set past its {count} weights")
-  return bits[:count].astype(bool)
+    if version == 1:
+      return mask_coding.inflate_zlib_bits(data, count)
+    return mask_coding.decode(data, count=count, num_kept=entry["num_kept"],
+                              rice_parameter=entry["rice_parameter"], inverted=entry["inverted"])
+  except errors.SltError as e:
+    raise _bad(source, f"mask {entry['key']!r}: {e}") from None
+
+
+def _frozen_source(value, source: str) -> init_checkpoint.Source | None:
+  """The header's `frozen_weights`: {"source": "seed"} (None) or a checkpoint and sha256."""
+  if value == {"source": "seed"}:
+    return None
+  if (isinstance(value, dict) and set(value) == {"source", "checkpoint", "sha256"}
+      and value["source"] == "checkpoint" and isinstance(value["checkpoint"], str)
+      and 0 < len(value["checkpoint"]) <= MAX_PATH_CHARS and isinstance(value["sha256"], str)
+      and re.fullmatch(r"[0-9a-f]{64}", value["sha256"])):
+    return init_checkpoint.Source(value["checkpoint"], value["sha256"])
+  raise _bad(source, 'frozen_weights must be {"source": "seed"} or {"source": "checkpoint", '
+             f'"checkpoint": a path, "sha256": 64 hex digits}}; got {str(value)[:120]}')
 
 
 def expected_arrays(spec: generators.GeneratorSpec) -> dict[str, tuple[int, ...]]:
@@ -363,9 +392,16 @@ def apply(ticket: Ticket, generator: generators.Generator) -> None:
           "only its export (bin/export_saved_model --ticket) uses the bits as they are")
 
 
-def build_generator(ticket: Ticket) -> generators.Generator:
-  """The ticket's generator from the ticket alone: weights from the seed, masks from the bits."""
-  generator = generators.build(ticket.spec)
+def frozen_generator(ticket: Ticket, checkpoint: str | None = None) -> generators.Generator:
+  """The ticket's generator before its masks are applied: frozen weights from the seed, or
+  read from the checkpoint the ticket records (`checkpoint` overrides its path) and verified
+  against the recorded sha256 (a mismatch is a one-line SltError)."""
+  return init_checkpoint.build_generator(ticket.spec, ticket.frozen_source, checkpoint)
+
+
+def build_generator(ticket: Ticket, checkpoint: str | None = None) -> generators.Generator:
+  """The ticket's generator: `frozen_generator`'s weights, masks from the bits."""
+  generator = frozen_generator(ticket, checkpoint)
   apply(ticket, generator)
   return generator
 

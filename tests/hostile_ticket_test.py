@@ -1,4 +1,8 @@
-"""Issue 11 #2: a ticket with a valid SHA-256 is still validated before anything is allocated."""
+"""Issue 11 #2: a ticket with a valid SHA-256 is still validated before anything is allocated.
+
+Format-1 (zlib) payloads are checked on `blob_v1`, a ticket written as the old writer did;
+the format-2 gap code's own hostile cases are in mask_coding_test.py.
+"""
 
 import hashlib
 import json
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 
 from slt_tf import generators
+from slt_tf import mask_coding
 from slt_tf import ticket as ticket_lib
 from slt_tf.errors import SltError
 from slt_tf.export import bake
@@ -31,6 +36,27 @@ def blob():
   return ticket_lib.to_bytes(ticket_lib.from_generator(generators.build(_spec()), {"step": 5}))
 
 
+@pytest.fixture(scope="module")
+def blob_v1():
+  """The same ticket in format 1, as the format-1 writer made it (zlib over packed bits)."""
+  ticket = ticket_lib.from_generator(generators.build(_spec()), {"step": 5})
+  entries, chunks, offset = [], [], 0
+  for key, mask in ticket.masks.items():
+    data = zlib.compress(np.packbits(mask.reshape(-1)).tobytes(), 9)
+    entries.append({"key": key, "kind": "mask", "shape": list(mask.shape),
+                    "num_kept": int(mask.sum()), "offset": offset, "length": len(data)})
+    chunks.append(data)
+    offset += len(data)
+  for key, values in ticket.batch_norm.items():
+    data = np.asarray(values, "<f4").tobytes()
+    entries.append({"key": key, "kind": "float32", "shape": list(values.shape),
+                    "offset": offset, "length": len(data)})
+    chunks.append(data)
+    offset += len(data)
+  header = {"generator": ticket.spec.to_dict(), "arrays": entries, "metadata": ticket.metadata}
+  return seal(header, b"".join(chunks), version=1)
+
+
 def split(blob):
   """(header dict, payload bytes) of a ticket."""
   _, _, length = _PREFIX.unpack_from(blob)
@@ -38,10 +64,10 @@ def split(blob):
   return header, blob[_PREFIX.size + length:-32]
 
 
-def seal(header, payload, raw_header=None):
+def seal(header, payload, raw_header=None, version=ticket_lib.FORMAT_VERSION):
   """A ticket with a correct checksum around any header and payload."""
   data = raw_header if raw_header is not None else json.dumps(header).encode()
-  body = _PREFIX.pack(ticket_lib.MAGIC, ticket_lib.FORMAT_VERSION, len(data)) + data + payload
+  body = _PREFIX.pack(ticket_lib.MAGIC, version, len(data)) + data + payload
   return body + hashlib.sha256(body).digest()
 
 
@@ -80,9 +106,18 @@ def test_huge_generator_spec_is_refused(blob):
     ticket_lib.from_bytes(seal(header, payload))
 
 
-def test_zlib_bomb_is_not_inflated_past_the_mask_size(blob):
+def test_v1_blob_reads_as_the_v2_blob(blob, blob_v1):
+  new, old = ticket_lib.from_bytes(blob), ticket_lib.from_bytes(blob_v1)
+  def mask_bytes(b):
+    return sum(e["length"] for e in split(b)[0]["arrays"] if e["kind"] == "mask")
+  assert mask_bytes(blob) < mask_bytes(blob_v1)
+  for key in new.masks:
+    np.testing.assert_array_equal(new.masks[key], old.masks[key])
+
+
+def test_zlib_bomb_is_not_inflated_past_the_mask_size(blob_v1):
   # Old code: zlib.decompress of 1 MB -> hundreds of MB, then an export.
-  header, payload = split(blob)
+  header, payload = split(blob_v1)
   bomb = zlib.compress(b"\0" * (200 << 20), 9)
   first = header["arrays"][0]
   shift = len(bomb) - first["length"]
@@ -93,14 +128,14 @@ def test_zlib_bomb_is_not_inflated_past_the_mask_size(blob):
   tracemalloc.start()
   start = time.monotonic()
   with pytest.raises(SltError, match="compressed bytes for|does not inflate to exactly"):
-    ticket_lib.from_bytes(seal(header, payload))
+    ticket_lib.from_bytes(seal(header, payload, version=1))
   peak = tracemalloc.get_traced_memory()[1]
   tracemalloc.stop()
   assert peak < 20 << 20 and time.monotonic() - start < 5
 
 
-def test_bounded_inflation_refuses_a_stream_longer_than_the_mask(blob):
-  header, payload = split(blob)
+def test_bounded_inflation_refuses_a_stream_longer_than_the_mask(blob_v1):
+  header, payload = split(blob_v1)
   first = header["arrays"][0]
   count = int(np.prod(first["shape"]))
   longer = zlib.compress(b"\0" * ((count + 7) // 8 + 4096), 9)
@@ -110,14 +145,18 @@ def test_bounded_inflation_refuses_a_stream_longer_than_the_mask(blob):
   for later in header["arrays"][1:]:
     later["offset"] += shift
   with pytest.raises(SltError, match=r"does not inflate to exactly 256 bytes"):
-    ticket_lib.from_bytes(seal(header, payload))
+    ticket_lib.from_bytes(seal(header, payload, version=1))
 
 
-def test_num_kept_is_compared_with_the_popcount(blob):
-  header, payload = split(blob)
+def test_num_kept_is_compared_with_the_popcount(blob, blob_v1):
+  header, payload = split(blob_v1)
   entry(header, "dense_in/kernel")["num_kept"] = 0
   with pytest.raises(SltError, match=r"mask 'dense_in/kernel' keeps 205 weights but its header "
                      r"says num_kept=0"):
+    ticket_lib.from_bytes(seal(header, payload, version=1))
+  header, payload = split(blob)  # Format 2: the gap code itself holds num_kept codes.
+  entry(header, "dense_in/kernel")["num_kept"] = 204
+  with pytest.raises(SltError, match=r"mask 'dense_in/kernel': its unary part holds 205 codes"):
     ticket_lib.from_bytes(seal(header, payload))
 
 
@@ -126,13 +165,14 @@ def test_export_uses_the_mask_bits_as_they_are(blob, tmp_path):
   header, payload = split(blob)
   first = entry(header, "dense_in/kernel")
   count = int(np.prod(first["shape"]))
-  empty = zlib.compress(bytes((count + 7) // 8), 9)
+  empty = mask_coding.encode(np.zeros(count, bool)).data
   payload = payload[:first["offset"]] + empty + payload[first["offset"] + first["length"]:]
   shift = len(empty) - first["length"]
   for later in header["arrays"]:
     if later["offset"] > first["offset"]:
       later["offset"] += shift
   first["length"], first["num_kept"] = len(empty), 0
+  first["rice_parameter"] = 0
   path = tmp_path / "zero.slt"
   path.write_bytes(seal(header, payload))
   plain, metadata = bake.from_ticket_file(str(path))
@@ -145,7 +185,14 @@ def test_export_uses_the_mask_bits_as_they_are(blob, tmp_path):
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda h: h.pop("arrays"), r"header must be an object with keys arrays, generator, metadata"),
+    (lambda h: h.pop("arrays"), r"header must be an object with keys arrays, frozen_weights, "
+     r"generator, metadata"),
+    (lambda h: h.update(frozen_weights={"source": "checkpoint", "checkpoint": "x"}),
+     r"frozen_weights must be"),
+    (lambda h: h["arrays"][0].update(inverted=1), r"inverted must be true or false"),
+    (lambda h: h["arrays"][0].update(rice_parameter=-1), r"rice_parameter must be a non-neg"),
+    (lambda h: h["arrays"][0].update(rice_parameter=40), r"Rice parameter 40 is not in"),
+    (lambda h: h["arrays"][0].pop("rice_parameter"), r"must be an object with fields"),
     (lambda h: h.update(arrays={}), r"'arrays' a list"),
     (lambda h: h["generator"].update(latent_dim=0), r"generator latent_dim must be an integer in "
      r"\[1, 65536\], got 0"),
@@ -179,12 +226,13 @@ def test_header_that_is_not_a_json_object_is_one_line(blob, raw):
     ticket_lib.from_bytes(seal(None, payload, raw_header=raw), source="t.slt")
 
 
-def test_bad_zlib_stream_and_bad_bn_values_are_one_line(blob):
-  header, payload = split(blob)
+def test_bad_zlib_stream_and_bad_bn_values_are_one_line(blob, blob_v1):
+  header, payload = split(blob_v1)
   first = header["arrays"][0]
   broken = b"\x00" * first["length"] + payload[first["length"]:]
   with pytest.raises(SltError, match="is not a valid zlib stream"):
-    ticket_lib.from_bytes(seal(header, broken))
+    ticket_lib.from_bytes(seal(header, broken, version=1))
+  header, payload = split(blob)
   variance = entry(header, "in_bn/moving_variance")
   nan = bytearray(payload)
   nan[variance["offset"]:variance["offset"] + 4] = np.float32(np.nan).tobytes()

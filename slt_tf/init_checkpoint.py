@@ -1,0 +1,132 @@
+"""Tickets inside a trained generator: frozen weights read from a dense run's checkpoint.
+
+With `generator.init_checkpoint=PATH` the frozen weights (kernels and biases) of the searched
+generator are those of a trained dense generator of the same architecture (method=dense),
+instead of the seed's random draw. The scores, latents and everything else still come from
+the seed. Such a ticket cannot regenerate its weights from the seed: it records a `Source`,
+the checkpoint path and the sha256 `fingerprint` of the weights it took, and whoever rebuilds
+it (export, inspection) reads the weights from that checkpoint again and refuses them, in one
+line, when their fingerprint differs.
+
+PATH may be a run directory of bin/find_ticket (its latest checkpoint; its config.json must
+say method=dense), its `checkpoints/` directory, or a checkpoint prefix `.../ckpt-N`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from slt_tf import checkpoints
+from slt_tf import errors
+from slt_tf import generators
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where a ticket's frozen weights come from: a checkpoint and the sha256 of its weights."""
+  checkpoint: str
+  sha256: str
+
+  def to_dict(self) -> dict:
+    return {"source": "checkpoint", "checkpoint": self.checkpoint, "sha256": self.sha256}
+
+
+def resolve(path: str) -> str:
+  """The checkpoint prefix `path` names (a dense workdir, its checkpoints/ or ckpt-N)."""
+  path = os.path.expanduser(path)
+  if tf.io.gfile.isdir(path):
+    config_path = os.path.join(path, "config.json")
+    if tf.io.gfile.exists(config_path):
+      with tf.io.gfile.GFile(config_path) as f:
+        try:
+          method = json.load(f).get("method")
+        except (ValueError, AttributeError, RecursionError):
+          method = None
+      if method != "dense":
+        raise errors.SltError(f"generator.init_checkpoint={path} is a run of method={method}; "
+                              "pass a method=dense run (its workdir or a checkpoint ckpt-N)")
+    directory = path
+    if tf.io.gfile.isdir(os.path.join(path, "checkpoints")):
+      directory = os.path.join(path, "checkpoints")
+    prefix = tf.train.latest_checkpoint(directory)
+    if prefix is None:
+      raise errors.SltError(f"generator.init_checkpoint={path} holds no checkpoint; pass a "
+                            "dense run's workdir, its checkpoints/ directory or a ckpt-N prefix")
+    return os.path.abspath(prefix)
+  if not tf.io.gfile.exists(path + ".index"):
+    raise errors.SltError(f"generator.init_checkpoint={path} is neither a directory nor a "
+                          "checkpoint prefix (no .index file); pass a dense run's workdir or "
+                          ".../checkpoints/ckpt-N")
+  return os.path.abspath(path)
+
+
+def read_weights(spec: generators.GeneratorSpec, checkpoint: str) -> dict[str, np.ndarray]:
+  """{"<layer>/kernel" | "<layer>/bias": float32} of the generator in `checkpoint` (restored as
+  `spec`'s architecture with method=dense; another architecture is a one-line SltError)."""
+  dense = checkpoints.restore_generator(dataclasses.replace(spec, method="dense"), checkpoint)
+  weights = {}
+  for layer in dense.scored_layers():
+    weights[f"{layer.name}/kernel"] = np.asarray(layer.kernel, np.float32)
+    if layer.bias is not None:
+      weights[f"{layer.name}/bias"] = np.asarray(layer.bias, np.float32)
+  return weights
+
+
+def fingerprint(weights: dict[str, np.ndarray]) -> str:
+  """sha256 hex over every (key, dtype, shape, bytes), keys sorted."""
+  digest = hashlib.sha256()
+  for key in sorted(weights):
+    value = np.ascontiguousarray(weights[key], np.float32)
+    digest.update(f"{key}|{value.dtype.str}|{list(value.shape)}|".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def load(spec: generators.GeneratorSpec, path: str) -> tuple[dict[str, np.ndarray], Source]:
+  """The frozen weights `path` gives `spec`'s generator, and their Source."""
+  checkpoint = resolve(path)
+  weights = read_weights(spec, checkpoint)
+  return weights, Source(checkpoint, fingerprint(weights))
+
+
+def verified_weights(spec: generators.GeneratorSpec, source: Source,
+                     checkpoint: str | None = None) -> dict[str, np.ndarray]:
+  """The weights of `source` (or of `checkpoint`, when given, instead of its recorded path);
+  SltError in one line unless their fingerprint is the recorded one."""
+  weights, found = load(spec, checkpoint or source.checkpoint)
+  if found.sha256 != source.sha256:
+    raise errors.SltError(
+        f"the frozen weights in {found.checkpoint} have sha256 {found.sha256[:16]}..., the "
+        f"ticket was found in weights with sha256 {source.sha256[:16]}...: that checkpoint was "
+        "modified or is another one; pass the dense checkpoint the ticket was searched in")
+  return weights
+
+
+def assign(generator: generators.Generator, weights: dict[str, np.ndarray]) -> None:
+  """Sets the generator's frozen kernels and biases to `weights` (all of them, same shapes)."""
+  expected = {}
+  for layer in generator.scored_layers():
+    expected[f"{layer.name}/kernel"] = layer.kernel
+    if layer.bias is not None:
+      expected[f"{layer.name}/bias"] = layer.bias
+  if set(expected) != set(weights):
+    raise errors.SltError(f"the init checkpoint's weights {sorted(weights)} are not the "
+                          f"generator's {sorted(expected)}")
+  for key, variable in expected.items():
+    variable.assign(weights[key])
+
+
+def build_generator(spec: generators.GeneratorSpec, source: Source | None,
+                    checkpoint: str | None = None) -> generators.Generator:
+  """`spec`'s generator with its frozen weights: the seed's (source None) or the verified ones
+  of `source` (read from `checkpoint` when given)."""
+  generator = generators.build(spec)
+  if source is not None:
+    assign(generator, verified_weights(spec, source, checkpoint))
+  return generator
