@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0                    # frozen weights, scores, latents: all derive from it
   config.num_steps = 2000
   config.batch_size = 64             # GLOBAL batch (split over replicas)
-  config.method = "edge_popup"       # edge_popup | global_edge_popup | dense
+  config.method = "edge_popup"       # edge_popup | global_edge_popup | dense | gem_miner | imp
   config.keep_fraction = 0.1         # fraction of weights KEPT (0.1 keeps 10%)
   config.learning_rate = 5e-5        # Adam on the scores (dense: on the kernels)
   config.beta_1 = 0.5
@@ -53,6 +53,23 @@ def get_config() -> ml_collections.ConfigDict:
   # | fashion_inception
   config.features.weights = "default"  # default (imagenet / trained digits net) | none | PATH
   config.features.cache_dir = ""       # "" = ~/.cache/slt_tf
+
+  # method=imp: iterative magnitude pruning with weight rewinding (slt_tf/imp.py). Trains
+  # num_steps dense, then `rounds` times: prune to keep_fraction ** (r / rounds), rewind the kept
+  # weights to step rewind_step, train num_steps - rewind_step more steps.
+  config.imp = ml_collections.ConfigDict()
+  config.imp.rounds = 3
+  config.imp.rewind_step = 20        # < num_steps
+  config.imp.scope = "layer"         # layer (k per layer) | global (one threshold)
+
+  # method=gem_miner (slt_tf/gem_miner.py): scores in [0, 1] (needs generator.score_init =
+  # unit_uniform), mask = scores >= 0.5, loss + lambda * ||scores||^2 with lambda starting at
+  # `regularization`, multiplied (divided) by anneal_factor every anneal_every steps while the
+  # kept fraction is above (below) keep_fraction.
+  config.gem_miner = ml_collections.ConfigDict()
+  config.gem_miner.regularization = 1e-5
+  config.gem_miner.anneal_every = 10
+  config.gem_miner.anneal_factor = 1.5
 
   config.loss = ml_collections.ConfigDict()
   config.loss.ama_learning_rate = 1e-5

@@ -15,6 +15,7 @@ import tensorflow as tf
 from slt_tf import callbacks
 from slt_tf import generators
 from slt_tf import losses
+from slt_tf import masking
 from slt_tf import sampling
 
 
@@ -33,7 +34,9 @@ class TicketSearch(keras.Model):
 
   def __init__(self, generator: generators.Generator, feature_network, real_mean: np.ndarray,
                real_variance: np.ndarray, *, latent_seed: int, ama_learning_rate: float = 1e-5,
-               **kwargs):
+               score_regularizer=None, **kwargs):
+    """`score_regularizer`: None, or an object whose `penalty(trainable variables)` is added to
+    the generator's loss (Gem-Miner's annealed L2 on the scores, slt_tf/gem_miner.py)."""
     super().__init__(**kwargs)
     self.generator = generator
     self._features = _Frozen(feature_network)
@@ -46,8 +49,11 @@ class TicketSearch(keras.Model):
     self.ama_mean = losses.AdamMovingAverage(dim, learning_rate=ama_learning_rate, name="ama_mean")
     self.ama_variance = losses.AdamMovingAverage(dim, learning_rate=ama_learning_rate,
                                                  name="ama_variance")
-    self.trackers = {name: keras.metrics.Mean(name=name) for name in (
-        "loss", "mean_loss", "variance_loss", "ama_mean_loss", "ama_variance_loss")}
+    names = ["loss", "mean_loss", "variance_loss", "ama_mean_loss", "ama_variance_loss"]
+    if score_regularizer is not None:  # Only then: the other methods' checkpoints are unchanged.
+      self.score_regularizer = score_regularizer
+      names += ["regularization", "kept_fraction"]
+    self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
   def build(self, input_shape=None):
     self.built = True  # Every weight is created in __init__.
@@ -78,6 +84,13 @@ class TicketSearch(keras.Model):
       surrogate = losses.moment_matching_surrogate(features, fake_mean, batch_size,
                                                    tf.stop_gradient(mean_weights),
                                                    tf.stop_gradient(variance_weights))
+      regularizer = getattr(self, "score_regularizer", None)
+      if regularizer is not None:
+        penalty = regularizer.penalty(trainable)
+        # Replicas' gradients are summed: each adds its share, so the penalty counts once.
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        surrogate = surrogate + penalty / replicas
     gradients = tape.gradient(surrogate, trainable)
     self.optimizer.apply_gradients(zip(gradients, trainable))
     loss = (tf.reduce_sum(mean_weights * mean_gap)
@@ -92,6 +105,11 @@ class TicketSearch(keras.Model):
     values = {"loss": loss, "mean_loss": tf.reduce_mean(tf.square(mean_gap)),
               "variance_loss": tf.reduce_mean(tf.square(variance_gap)),
               "ama_mean_loss": ama_mean_loss, "ama_variance_loss": ama_variance_loss}
+    if regularizer is not None:
+      kept = tf.add_n([tf.reduce_sum(tf.cast(v >= masking.GEM_MINER_THRESHOLD, tf.float32))
+                       for v in trainable])
+      values.update(regularization=penalty,
+                    kept_fraction=kept / float(sum(int(np.prod(v.shape)) for v in trainable)))
     for name, value in values.items():
       self.trackers[name].update_state(value)
     logs = {name: tracker.result() for name, tracker in self.trackers.items()}

@@ -34,7 +34,9 @@ from slt_tf import distribution
 from slt_tf import errors
 from slt_tf import evaluation
 from slt_tf import features
+from slt_tf import gem_miner
 from slt_tf import generators
+from slt_tf import imp
 from slt_tf import masking
 from slt_tf import model as model_lib
 from slt_tf import moments
@@ -79,6 +81,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   masking.validate_keep_fraction(config.keep_fraction)
   if config.lr_schedule not in ("constant", "cosine"):
     raise errors.SltError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
+  _validate_method_keys(config)
   if config.generator.name not in generators.GENERATORS:
     raise errors.SltError(f"unknown generator {config.generator.name!r}; choose one of "
                           f"{', '.join(generators.GENERATORS)}")
@@ -108,6 +111,33 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                           "generator.latent_dim)")
 
 
+def _validate_method_keys(config) -> None:
+  """The keys of method=imp and method=gem_miner (checked only for that method)."""
+  if config.method == "imp":
+    imp.validate(config.num_steps, config.imp.rounds, config.imp.rewind_step,
+                 config.keep_fraction, config.imp.scope)
+    if config.lr_schedule != "constant":
+      raise errors.SltError("method=imp needs lr_schedule=constant (its rounds restart from "
+                            "imp.rewind_step; a cosine decay over the run does not fit them)")
+  if config.method == "gem_miner":
+    gem_miner.validate(config.gem_miner.regularization, config.gem_miner.anneal_every,
+                       config.gem_miner.anneal_factor)
+    if config.generator.score_init != "unit_uniform":
+      raise errors.SltError("method=gem_miner needs generator.score_init=unit_uniform (its "
+                            f"scores live in [0, 1]), got {config.generator.score_init!r}")
+
+
+def imp_schedule(config) -> imp.Schedule:
+  return imp.Schedule(num_steps=config.num_steps, rounds=config.imp.rounds,
+                      rewind_step=config.imp.rewind_step, keep_fraction=config.keep_fraction,
+                      scope=config.imp.scope)
+
+
+def total_steps(config) -> int:
+  """Optimiser steps of the whole run: num_steps, or IMP's rounds together."""
+  return imp_schedule(config).total_steps if config.method == "imp" else config.num_steps
+
+
 def _check_range(key: str, value, low: int, high: int | None) -> None:
   if (isinstance(value, bool) or not isinstance(value, int) or value < low
       or (high is not None and value > high)):
@@ -126,7 +156,7 @@ def generator_spec(config: ml_collections.ConfigDict, channels: int) -> generato
 
 def resumable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """RESUMABLE_KEYS, less num_steps under lr_schedule=cosine (the decay length)."""
-  if config.lr_schedule == "cosine":
+  if config.lr_schedule == "cosine" or config.method == "imp":  # imp: num_steps sets its rounds.
     return tuple(k for k in RESUMABLE_KEYS if k != "num_steps")
   return RESUMABLE_KEYS
 
@@ -154,6 +184,12 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool
                             "config object; use a new --workdir")
     previous = _flatten(previous)
     current = _flatten(json.loads(json.dumps(resolved)))
+    # Keys the schema gained after that run started (e.g. imp.*) match while they keep their
+    # defaults, so older workdirs still resume.
+    defaults = _flatten(json.loads(json.dumps(default_config.get_config().to_dict())))
+    for key in set(current) - set(previous):
+      if current[key] == defaults.get(key, object()):
+        previous[key] = current[key]
     keys = resumable_keys(config)
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k) and not _resumable(k, keys))
@@ -228,21 +264,29 @@ def build_model(config, strategy, channels: int, real_mean, real_variance):
   with strategy.scope():
     network = feature_network(config, channels)
     generator = generators.build(generator_spec(config, channels))
+    regularizer = None
+    if config.method == "gem_miner":
+      regularizer = gem_miner.ScoreRegularizer(
+          config.gem_miner.regularization, target_keep_fraction=config.keep_fraction,
+          anneal_factor=config.gem_miner.anneal_factor)
     search = model_lib.TicketSearch(generator, network, real_mean, real_variance,
                                     latent_seed=config.seed,
-                                    ama_learning_rate=config.loss.ama_learning_rate)
+                                    ama_learning_rate=config.loss.ama_learning_rate,
+                                    score_regularizer=regularizer)
     optimizer = _optimizer(config)
     search.compile(optimizer=optimizer, jit_compile=False)
     optimizer.build(generator.trainable_variables)
   return search
 
 
-def checkpoint_manager(search, workdir: str) -> tf.train.CheckpointManager:
-  """The run's checkpoints (W/checkpoints); a failed save (disk full) is a one-line SltError."""
+def checkpoint_manager(search, workdir: str, **extras) -> tf.train.CheckpointManager:
+  """The run's checkpoints (W/checkpoints); a failed save (disk full) is a one-line SltError.
+  `extras`: more trackables to checkpoint (method=imp: its masks and recorded state)."""
   # The metric trackers too, so that a resumed run logs the same averages.
   checkpoint = tf.train.Checkpoint(generator=search.generator, model=search,
                                    optimizer=search.optimizer,
-                                   metrics={t.name: t.variables for t in search.metrics})
+                                   metrics={t.name: t.variables for t in search.metrics},
+                                   **extras)
   return checkpoints.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
                                        max_to_keep=3)
 
@@ -293,6 +337,10 @@ def format_summary(summary: dict) -> str:
         f"{summary['num_kept']:,} of {summary['num_weights']:,} weights "
         f"({summary['num_kept'] / summary['num_weights']:.1%}).",
         f"ticket_sha256 {summary['ticket_sha256']}"]
+  elif "imp_masks" in summary:
+    lines.append(f"IMP: sparse trained generator in {workdir}/checkpoints, masks in "
+                 f"{summary['imp_masks']}, keeping {summary['num_kept']:,} of "
+                 f"{summary['num_weights']:,} kernel weights after {summary['step']} weight updates.")
   else:
     lines.append(f"Dense generator: {workdir}/checkpoints ({summary['dense_fp32_bytes']:,} bytes "
                  "of float32 weights).")
@@ -325,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # silently starts over (slt_tf/checkpoints.py).
   with workdir_lock.WorkdirLock(workdir, enabled=chief):
     resume = checkpoints.resume_point(os.path.join(workdir, "checkpoints"), resume_from,
-                                      config.num_steps, adopt=chief)
+                                      total_steps(config), adopt=chief)
     prepare_inputs(config)
     strategy = strategy or distribution.make_strategy()
     if distribution.is_chief(strategy):
@@ -346,12 +394,22 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
   channels = data.num_channels(config.dataset.name)
   real_mean, real_variance = shared_real_moments(config, strategy, channels)
   search = build_model(config, strategy, channels, real_mean, real_variance)
-  manager = checkpoint_manager(search, write_dir)
+  extras, method_callbacks = {}, []
+  if config.method == "imp":  # Masks, recorded state and round: checkpointed, driven by a callback.
+    with strategy.scope():
+      extras["imp"] = imp.make_state(search.generator, [search.ama_mean, search.ama_variance])
+    method_callbacks.append(imp.IterativePruning(extras["imp"], imp_schedule(config),
+                                                 os.path.join(write_dir, imp.ROUNDS_FILE)))
+  if config.method == "gem_miner":
+    method_callbacks.append(gem_miner.AnnealRegularization(search.score_regularizer,
+                                                           config.gem_miner.anneal_every))
+  manager = checkpoint_manager(search, write_dir, **extras)
   start = restore(manager, resume)
   prepare_workdir(config, write_dir)
 
   batch = config.batch_size
-  indices = tf.data.Dataset.range(start * batch, config.num_steps * batch).batch(
+  num_steps = total_steps(config)
+  indices = tf.data.Dataset.range(start * batch, num_steps * batch).batch(
       batch, drop_remainder=True)
   # No autotuning for this trivial pipeline: its background thread made the iterator's
   # destruction at the end of fit() wait about 50 s after a 1500-step run.
@@ -361,6 +419,7 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
   upscale = max(1, 64 // config.dataset.image_size)
   callbacks = [
       callbacks_lib.StopOnNonFinite(manager),
+      *method_callbacks,  # Before the checkpoints: a checkpoint of step N holds their update.
       callbacks_lib.TensorBoardScalars(os.path.join(write_dir, "tensorboard", "train"),
                                        config.log_every_steps),
       callbacks_lib.SampleGrids(os.path.join(write_dir, "samples"), sample_latents(config),
@@ -373,11 +432,11 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
     callbacks.append(evaluation.PeriodicEvaluation(
         evaluation.evaluator_from_config(config), os.path.join(write_dir, "tensorboard", "eval"),
         config.eval.every_steps))
-  if start < config.num_steps:
+  if start < num_steps:
     logging.info("Training steps %d..%d (%d replicas, global batch %d).", start,
-                 config.num_steps, strategy.num_replicas_in_sync, batch)
+                 num_steps, strategy.num_replicas_in_sync, batch)
     if distribution.is_multi_worker(strategy):  # Keras 3.15 fit() fails there: keras#20585.
-      distribution.run_steps(search, strategy, callbacks, start, config.num_steps, batch)
+      distribution.run_steps(search, strategy, callbacks, start, num_steps, batch)
     else:
       search.fit(indices, epochs=1, callbacks=callbacks, verbose=1)
     preemption.raise_if_preempted()
@@ -386,8 +445,13 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
 
   callbacks_lib.write_sample_grid(search.generator, sample_latents(config),
                                   os.path.join(write_dir, "samples", "final.png"), upscale)
-  summary = {"step": callbacks_lib.current_step(search), "workdir": workdir}
-  if config.method != "dense":
+  summary = {"step": callbacks_lib.current_step(search), "workdir": workdir,
+             "weight_updates": 0 if search.generator.mask_rule is not None
+                               else callbacks_lib.current_step(search)}
+  if config.method == "imp":  # A sparse TRAINED generator: the checkpoint plus its masks.
+    path, kept, total = imp.save_masks(extras["imp"], write_dir)
+    summary.update(imp_masks=path, num_kept=kept, num_weights=total)
+  elif config.method != "dense":
     ticket = ticket_lib.from_generator(search.generator, {"step": summary["step"]})
     path = os.path.join(write_dir, TICKET_FILE)
     summary.update(ticket=path, ticket_bytes=ticket_lib.save(ticket, path),
