@@ -47,6 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator.score_init = "kaiming_uniform"
   config.generator.scale_fan = False  # kaiming_normal with fan_in scaled by keep_fraction
   config.generator.mask_bias = False
+  config.generator.init_checkpoint = ""  # "" = frozen weights from the seed; a method=dense
+  # run's workdir or .../ckpt-N: its trained weights (slt_tf/init_checkpoint.py)
 
   config.features = ml_collections.ConfigDict()
   config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn | fashion_cnn

@@ -37,6 +37,15 @@ class Source:
     return {"source": "checkpoint", "checkpoint": self.checkpoint, "sha256": self.sha256}
 
 
+def validate(path: str, method: str) -> None:
+  """Checks `generator.init_checkpoint` before anything is built ("" = weights from the seed)."""
+  if path and method in ("dense", "imp"):
+    raise errors.SltError(f"generator.init_checkpoint is for ticket searches (frozen weights); "
+                          f"method={method} trains the weights: leave it empty")
+  if path:
+    resolve(path)
+
+
 def resolve(path: str) -> str:
   """The checkpoint prefix `path` names (a dense workdir, its checkpoints/ or ckpt-N)."""
   path = os.path.expanduser(path)
@@ -69,9 +78,14 @@ def resolve(path: str) -> str:
 def read_weights(spec: generators.GeneratorSpec, checkpoint: str) -> dict[str, np.ndarray]:
   """{"<layer>/kernel" | "<layer>/bias": float32} of the generator in `checkpoint` (restored as
   `spec`'s architecture with method=dense; another architecture is a one-line SltError)."""
-  dense = checkpoints.restore_generator(dataclasses.replace(spec, method="dense"), checkpoint)
+  return frozen_weights(
+      checkpoints.restore_generator(dataclasses.replace(spec, method="dense"), checkpoint))
+
+
+def frozen_weights(generator: generators.Generator) -> dict[str, np.ndarray]:
+  """{"<layer>/kernel" | "<layer>/bias": float32} of a generator's scored layers."""
   weights = {}
-  for layer in dense.scored_layers():
+  for layer in generator.scored_layers():
     weights[f"{layer.name}/kernel"] = np.asarray(layer.kernel, np.float32)
     if layer.bias is not None:
       weights[f"{layer.name}/bias"] = np.asarray(layer.bias, np.float32)
@@ -120,6 +134,19 @@ def assign(generator: generators.Generator, weights: dict[str, np.ndarray]) -> N
                           f"generator's {sorted(expected)}")
   for key, variable in expected.items():
     variable.assign(weights[key])
+
+
+def initialize(generator: generators.Generator, path: str) -> None:
+  """Gives a freshly built generator the frozen weights of the checkpoint `path` names."""
+  assign(generator, load(generator.spec, path)[0])
+
+
+def source_of(generator: generators.Generator, path: str) -> Source | None:
+  """What a ticket of `generator` records: None ("" path: weights from the seed), else the
+  resolved checkpoint and the fingerprint of the frozen weights the generator holds."""
+  if not path:
+    return None
+  return Source(resolve(path), fingerprint(frozen_weights(generator)))
 
 
 def build_generator(spec: generators.GeneratorSpec, source: Source | None,

@@ -1,4 +1,9 @@
-"""What a workdir's ticket holds, and a bit-for-bit check of its frozen weights."""
+"""What a workdir's ticket holds, and a bit-for-bit check of its frozen weights.
+
+The frozen weights are regenerated from the ticket's seed, or, for a ticket found inside a
+trained generator (`generator.init_checkpoint`), read from the checkpoint the ticket records
+and refused (one-line SltError) unless their sha256 is the recorded one.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +24,17 @@ def _checkpointed_generator(spec: generators.GeneratorSpec, workdir: str):
   return checkpoints.restore_generator(spec, path), path
 
 
-def inspect_workdir(workdir: str) -> dict:
+def inspect_workdir(workdir: str, init_checkpoint: str | None = None) -> dict:
   """Per layer: name, num_weights, num_kept, frozen_weights_verified; plus sizes.
 
-  frozen_weights_verified regenerates every frozen tensor from the ticket's seed and compares
-  it bit for bit with the latest checkpoint's (None when the workdir has no checkpoint).
+  frozen_weights_verified regenerates every frozen tensor from the ticket's seed (or reads it
+  from its source checkpoint, `init_checkpoint` overriding the recorded path, after checking
+  its sha256) and compares it bit for bit with the latest checkpoint's (None when the workdir
+  has no checkpoint).
   """
   path = os.path.join(workdir, "ticket.slt")
   ticket = ticket_lib.load(path)
-  regenerated = generators.build(ticket.spec)
+  regenerated = ticket_lib.frozen_generator(ticket, init_checkpoint)
   checkpointed, checkpoint_path = _checkpointed_generator(ticket.spec, workdir)
   layers = []
   for layer in regenerated.scored_layers():
@@ -48,6 +55,8 @@ def inspect_workdir(workdir: str) -> dict:
     })
   return {
       "ticket": path, "checkpoint": checkpoint_path, "generator": ticket.spec.to_dict(),
+      "frozen_weights": (ticket.frozen_source.to_dict() if ticket.frozen_source
+                         else {"source": "seed"}),
       "metadata": ticket.metadata, "layers": layers,
       "num_weights": sum(l["num_weights"] for l in layers),
       "num_kept": sum(l["num_kept"] for l in layers),
@@ -63,6 +72,11 @@ def format_table(report: dict) -> str:
         layer["frozen_weights_verified"]]
     lines.append(f"{layer['name']:<24}{layer['num_weights']:>12}{layer['num_kept']:>12}"
                  f"{100 * layer['num_kept'] / layer['num_weights']:>8.2f}%  {verified}")
+  source = report["frozen_weights"]
+  lines.insert(0, "frozen weights: " + (f"seed {report['generator']['seed']}"
+                                        if source["source"] == "seed" else
+                                        f"{source['checkpoint']} (sha256 {source['sha256'][:16]}..., "
+                                        "verified)"))
   lines.append(f"{'total':<24}{report['num_weights']:>12}{report['num_kept']:>12}"
                f"{100 * report['num_kept'] / report['num_weights']:>8.2f}%")
   ratio = report["dense_fp32_bytes"] / report["ticket_bytes"]

@@ -37,6 +37,7 @@ from slt_tf import features
 from slt_tf import gem_miner
 from slt_tf import generators
 from slt_tf import imp
+from slt_tf import init_checkpoint
 from slt_tf import masking
 from slt_tf import model as model_lib
 from slt_tf import moments
@@ -79,6 +80,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.SltError(f"unknown method {config.method!r}; choose one of "
                           f"{', '.join(masking.METHODS)}")
   masking.validate_keep_fraction(config.keep_fraction)
+  init_checkpoint.validate(config.generator.init_checkpoint, config.method)
   if config.lr_schedule not in ("constant", "cosine"):
     raise errors.SltError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
   _validate_method_keys(config)
@@ -264,6 +266,8 @@ def build_model(config, strategy, channels: int, real_mean, real_variance):
   with strategy.scope():
     network = feature_network(config, channels)
     generator = generators.build(generator_spec(config, channels))
+    if config.generator.init_checkpoint:  # Frozen weights of a trained dense generator.
+      init_checkpoint.initialize(generator, config.generator.init_checkpoint)
     regularizer = None
     if config.method == "gem_miner":
       regularizer = gem_miner.ScoreRegularizer(
@@ -452,7 +456,9 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
     path, kept, total = imp.save_masks(extras["imp"], write_dir)
     summary.update(imp_masks=path, num_kept=kept, num_weights=total)
   elif config.method != "dense":
-    ticket = ticket_lib.from_generator(search.generator, {"step": summary["step"]})
+    ticket = ticket_lib.from_generator(search.generator, {"step": summary["step"]},
+                                       init_checkpoint.source_of(
+                                           search.generator, config.generator.init_checkpoint))
     path = os.path.join(write_dir, TICKET_FILE)
     summary.update(ticket=path, ticket_bytes=ticket_lib.save(ticket, path),
                    num_weights=ticket.num_weights, num_kept=ticket.num_kept,

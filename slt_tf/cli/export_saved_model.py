@@ -24,6 +24,11 @@ _WORKDIR = flags.DEFINE_string(
 _TICKET = flags.DEFINE_string(
     "ticket", None, "A ticket file (e.g. W/ticket.slt) exported on its own: frozen weights "
     "regenerated from its seed, masks from its bits; no checkpoint needed.")
+_INIT_CHECKPOINT = flags.DEFINE_string(
+    "init_checkpoint", None, "For a ticket found inside a trained generator "
+    "(generator.init_checkpoint): its source checkpoint, a dense run's workdir or ckpt-N "
+    "(default: the path the ticket records); refused unless its weights have the recorded "
+    "sha256.")
 _EXPORT_DIR = flags.DEFINE_string(
     "export_dir", None, "Base directory E; the model is written to E/<model_name>/<version>/.")
 _MODEL_NAME = flags.DEFINE_string(
@@ -47,7 +52,8 @@ def main(argv):
   version_dir = bake.export(
       export_base=_EXPORT_DIR.value, workdir=_WORKDIR.value, ticket_path=_TICKET.value,
       model_name=_MODEL_NAME.value, version=_VERSION.value,
-      num_warmup_records=_NUM_WARMUP_RECORDS.value, max_batch_size=_MAX_BATCH_SIZE.value)
+      num_warmup_records=_NUM_WARMUP_RECORDS.value, max_batch_size=_MAX_BATCH_SIZE.value,
+      init_checkpoint=_INIT_CHECKPOINT.value)
   metadata = servable.read_metadata(version_dir)["metadata"]
   print(f"Wrote {version_dir} ({metadata['method']}, step {metadata['step']}, "
         f"{metadata['num_kernel_nonzero']} of {metadata['num_kernel_weights']} kernel weights "

@@ -12,12 +12,15 @@ from slt_tf import inspection
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by bin/find_ticket.")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+_INIT_CHECKPOINT = flags.DEFINE_string(
+    "init_checkpoint", None, "For a ticket found inside a trained generator: its source "
+    "checkpoint (default: the path the ticket records).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
-  report = inspection.inspect_workdir(_WORKDIR.value)
+  report = inspection.inspect_workdir(_WORKDIR.value, _INIT_CHECKPOINT.value)
   print(json.dumps(report, indent=2) if _JSON.value else inspection.format_table(report))
 
 

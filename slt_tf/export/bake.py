@@ -11,7 +11,9 @@ Sources:
   - a workdir written by `train.train_and_evaluate`: the latest checkpoint's generator
     (ticket methods or method=dense); the spec comes from W/ticket.slt when present, else from
     W/config.json;
-  - a ticket file alone: frozen weights regenerated from its seed, masks from its bits.
+  - a ticket file alone: frozen weights regenerated from its seed, masks from its bits; for a
+    ticket found inside a trained generator (`generator.init_checkpoint`), the frozen weights
+    are read from the checkpoint it records (or `init_checkpoint`) and checked by sha256.
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def _metadata(spec: generators.GeneratorSpec, step: int | None, source: str, pat
 # ------------------------------------------------------------------------------ ticket file
 
 
-def from_ticket_file(path: str) -> tuple[generators.Generator, dict]:
+def from_ticket_file(path: str, init_checkpoint: str | None = None
+                     ) -> tuple[generators.Generator, dict]:
   """Bakes a ticket file alone (no workdir, no checkpoint).
 
   Returns:
@@ -128,14 +131,16 @@ def from_ticket_file(path: str) -> tuple[generators.Generator, dict]:
     SltError: a missing, truncated or tampered ticket file (checksum), or a bad spec.
   """
   ticket = ticket_lib.load(path)
-  plain = bake_ticket(ticket)
+  plain = bake_ticket(ticket, init_checkpoint)
   return plain, _metadata(ticket.spec, ticket.metadata.get("step"), "ticket", path, plain)
 
 
-def bake_ticket(ticket: ticket_lib.Ticket) -> generators.Generator:
-  """The plain generator of a (validated) ticket: kernels are the seed's weights times the
-  ticket's mask bits as they are (no re-selection by top-k), BN statistics the ticket's."""
-  frozen = generators.build(ticket.spec)  # Frozen weights regenerated from the seed.
+def bake_ticket(ticket: ticket_lib.Ticket,
+                init_checkpoint: str | None = None) -> generators.Generator:
+  """The plain generator of a (validated) ticket: kernels are the frozen weights (the seed's,
+  or its verified source checkpoint's) times the ticket's mask bits as they are (no
+  re-selection by top-k), BN statistics the ticket's."""
+  frozen = ticket_lib.frozen_generator(ticket, init_checkpoint)
   plain = generators.build(ticket.spec, plain=True)
   for layer in frozen.scored_layers():
     twin = plain.body.get_layer(layer.name)
@@ -225,7 +230,7 @@ def from_workdir(workdir: str) -> tuple[generators.Generator, dict]:
 
 def export(*, export_base: str, workdir: str | None = None, ticket_path: str | None = None,
            model_name: str = "slt", version: int = 1, num_warmup_records: int = 3,
-           max_batch_size: int | None = None) -> str:
+           max_batch_size: int | None = None, init_checkpoint: str | None = None) -> str:
   """Bakes a workdir's latest checkpoint or a ticket file and writes it for TF Serving.
 
   Args:
@@ -237,6 +242,8 @@ def export(*, export_base: str, workdir: str | None = None, ticket_path: str | N
     num_warmup_records: PredictionLog records in assets.extra/tf_serving_warmup_requests.
     max_batch_size: the most seeds or z rows per request (checked in the served graph);
       None: `servable.default_max_batch_size` of the image size.
+    init_checkpoint: for a ticket found inside a trained generator, its source checkpoint
+      (None: the path the ticket records); the weights must have the recorded sha256.
 
   Returns:
     The version directory.
@@ -250,7 +257,7 @@ def export(*, export_base: str, workdir: str | None = None, ticket_path: str | N
   if workdir is not None:
     plain, metadata = from_workdir(workdir)
   else:
-    plain, metadata = from_ticket_file(ticket_path)
+    plain, metadata = from_ticket_file(ticket_path, init_checkpoint)
   version_dir = servable.write_servable(
       plain, latent_dim=plain.spec.latent_dim, export_base=export_base, model_name=model_name,
       version=version, num_warmup_records=num_warmup_records, metadata=metadata,
