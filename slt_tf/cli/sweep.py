@@ -44,6 +44,12 @@ _GLOBAL_KEEP_FRACTIONS = flags.DEFINE_list("global_keep_fractions", [], "Keep fr
                                            "global edge-popup tickets (comma-separated).")
 _REAL_REFERENCE = flags.DEFINE_bool("real_reference", True, "Also score num_samples real "
                                     "training images: the row a perfect generator reaches.")
+_GLOBAL_OVERRIDES = flags.DEFINE_list("global_overrides", [], "Config overrides KEY=VALUE for "
+                                      "the global edge-popup runs only (e.g. "
+                                      "generator.score_init=uniform_01).")
+_SHARD = flags.DEFINE_string("shard", "0/1", "INDEX/COUNT: train and evaluate only every "
+                             "COUNT-th run from INDEX, to run COUNT sweep processes side by "
+                             "side; tabulate afterwards with --notrain (COUNT 1 only).")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation"], "Real images the runs are "
                            "scored against: test (reported numbers) or validation (tuning).")
 
@@ -76,6 +82,15 @@ def main(argv):
                     _parse(_KEEP_FRACTIONS.value, float, "keep_fractions"),
                     _parse(_GLOBAL_KEEP_FRACTIONS.value, float, "global_keep_fractions"))
 
+  try:
+    shard_index, shard_count = (int(v) for v in _SHARD.value.split("/"))
+    if not 0 <= shard_index < shard_count:
+      raise ValueError
+  except ValueError as e:
+    raise errors.SltError(f"--shard must be INDEX/COUNT with 0 <= INDEX < COUNT, got "
+                          f"{_SHARD.value!r}") from e
+  if shard_count > 1:
+    runs = runs[shard_index::shard_count]
   base_dir = _BASE_DIR.value
   os.makedirs(base_dir, exist_ok=True)
   results, missing = [], []
@@ -86,8 +101,8 @@ def main(argv):
     if _TRAIN.value and sweep.trained_step(workdir) < num_steps:
       command = _installed(sweep.train_command(run, config=_CONFIG.value, workdir=workdir,
                                                num_steps=num_steps))
-      if run.method == sweep.DENSE:
-        command += [f"--config.{override}" for override in _DENSE_OVERRIDES.value]
+      overrides = {sweep.DENSE: _DENSE_OVERRIDES.value, sweep.GLOBAL: _GLOBAL_OVERRIDES.value}
+      command += [f"--config.{override}" for override in overrides.get(run.method, [])]
       logging.info("Training %s: %s", run.name, " ".join(command))
       os.makedirs(run_dir, exist_ok=True)
       train_start = time.time()
@@ -112,6 +127,9 @@ def main(argv):
         floor = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value,
                                                     untrained=True, split=_SPLIT.value)
       results.append(dict(floor, group=sweep.FLOOR, seed=run.seed))
+  if shard_count > 1:
+    print(f"Shard {_SHARD.value} done; tabulate with --notrain once every shard is.")
+    return
   if _REAL_REFERENCE.value and results:
     path = os.path.join(base_dir, f"real_reference_{_SPLIT.value}.json")
     reference = sweep.read_metrics(path)
