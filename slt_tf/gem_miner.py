@@ -26,8 +26,13 @@ from slt_tf import errors
 from slt_tf import masking
 
 
-def validate(regularization: float, anneal_every: int, anneal_factor: float) -> None:
-  """The gem_miner.* config values; one-line SltError naming what is allowed."""
+def validate(regularization: float, anneal_every: int, anneal_factor: float,
+             score_init: str = "unit_uniform") -> None:
+  """The gem_miner.* config values (and the score init); one-line SltError naming what is
+  allowed."""
+  if score_init != "unit_uniform":
+    raise errors.SltError("method=gem_miner needs generator.score_init=unit_uniform (its scores "
+                          f"live in [0, 1]), got {score_init!r}")
   if not (isinstance(regularization, (int, float)) and regularization > 0
           and np.isfinite(regularization)):
     raise errors.SltError(f"gem_miner.regularization must be a positive number, got "

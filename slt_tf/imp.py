@@ -61,6 +61,12 @@ class Schedule:
     """Optimiser steps (weight updates) of the whole run."""
     return self.num_steps + self.rounds * self.steps_per_retraining
 
+  def check_lr_schedule(self, lr_schedule: str) -> None:
+    if lr_schedule != "constant":
+      raise errors.SltError("method=imp needs lr_schedule=constant (its rounds restart from "
+                            f"imp.rewind_step; a decay over the whole run does not fit them), got "
+                            f"{lr_schedule!r}")
+
   def boundaries(self) -> list[int]:
     """The global steps after which round 1, 2, ... starts (prune + rewind happen there)."""
     return [self.num_steps + r * self.steps_per_retraining for r in range(self.rounds)]
@@ -265,3 +271,12 @@ def make_state(generator, ama_layers) -> PruningState:
   for layer in ama_layers:
     rewound += list(layer.variables)
   return PruningState(kernels, rewound)
+
+
+def attach(search, strategy: tf.distribute.Strategy, schedule: Schedule, log_dir: str
+           ) -> tuple[PruningState, IterativePruning]:
+  """The state (created in the strategy's scope; checkpoint it) and the callback of a
+  method=imp TicketSearch; the callback logs each round to log_dir/imp_rounds.json."""
+  with strategy.scope():
+    state = make_state(search.generator, [search.ama_mean, search.ama_variance])
+  return state, IterativePruning(state, schedule, os.path.join(log_dir, ROUNDS_FILE))

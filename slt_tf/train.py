@@ -83,7 +83,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   init_checkpoint.validate(config.generator.init_checkpoint, config.method)
   if config.lr_schedule not in ("constant", "cosine"):
     raise errors.SltError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
-  _validate_method_keys(config)
+  if config.method == "imp":
+    imp_schedule(config).check_lr_schedule(config.lr_schedule)
+  if config.method == "gem_miner":
+    gem_miner.validate(config.gem_miner.regularization, config.gem_miner.anneal_every,
+                       config.gem_miner.anneal_factor, config.generator.score_init)
   if config.generator.name not in generators.GENERATORS:
     raise errors.SltError(f"unknown generator {config.generator.name!r}; choose one of "
                           f"{', '.join(generators.GENERATORS)}")
@@ -111,22 +115,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.SltError(f"the generator would have {num_weights} weights; at most "
                           f"{ticket_lib.MAX_WEIGHTS} are allowed (smaller generator.filters or "
                           "generator.latent_dim)")
-
-
-def _validate_method_keys(config) -> None:
-  """The keys of method=imp and method=gem_miner (checked only for that method)."""
-  if config.method == "imp":
-    imp.validate(config.num_steps, config.imp.rounds, config.imp.rewind_step,
-                 config.keep_fraction, config.imp.scope)
-    if config.lr_schedule != "constant":
-      raise errors.SltError("method=imp needs lr_schedule=constant (its rounds restart from "
-                            "imp.rewind_step; a cosine decay over the run does not fit them)")
-  if config.method == "gem_miner":
-    gem_miner.validate(config.gem_miner.regularization, config.gem_miner.anneal_every,
-                       config.gem_miner.anneal_factor)
-    if config.generator.score_init != "unit_uniform":
-      raise errors.SltError("method=gem_miner needs generator.score_init=unit_uniform (its "
-                            f"scores live in [0, 1]), got {config.generator.score_init!r}")
 
 
 def imp_schedule(config) -> imp.Schedule:
@@ -186,11 +174,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool
                             "config object; use a new --workdir")
     previous = _flatten(previous)
     current = _flatten(json.loads(json.dumps(resolved)))
-    # Keys the schema gained after that run started (e.g. imp.*) match while they keep their
-    # defaults, so older workdirs still resume.
     defaults = _flatten(json.loads(json.dumps(default_config.get_config().to_dict())))
-    for key in set(current) - set(previous):
-      if current[key] == defaults.get(key, object()):
+    for key in set(current) - set(previous):  # Keys added to the schema later (imp.*): at their
+      if current[key] == defaults.get(key, object()):  # defaults, older workdirs resume.
         previous[key] = current[key]
     keys = resumable_keys(config)
     differing = sorted(k for k in set(previous) | set(current)
@@ -284,8 +270,8 @@ def build_model(config, strategy, channels: int, real_mean, real_variance):
 
 
 def checkpoint_manager(search, workdir: str, **extras) -> tf.train.CheckpointManager:
-  """The run's checkpoints (W/checkpoints); a failed save (disk full) is a one-line SltError.
-  `extras`: more trackables to checkpoint (method=imp: its masks and recorded state)."""
+  """The run's checkpoints (W/checkpoints) with `extras` (method=imp: its state); a failed save
+  (disk full) is a one-line SltError."""
   # The metric trackers too, so that a resumed run logs the same averages.
   checkpoint = tf.train.Checkpoint(generator=search.generator, model=search,
                                    optimizer=search.optimizer,
@@ -342,9 +328,9 @@ def format_summary(summary: dict) -> str:
         f"({summary['num_kept'] / summary['num_weights']:.1%}).",
         f"ticket_sha256 {summary['ticket_sha256']}"]
   elif "imp_masks" in summary:
-    lines.append(f"IMP: sparse trained generator in {workdir}/checkpoints, masks in "
-                 f"{summary['imp_masks']}, keeping {summary['num_kept']:,} of "
-                 f"{summary['num_weights']:,} kernel weights after {summary['step']} weight updates.")
+    lines.append(f"IMP: sparse trained generator in {workdir}/checkpoints, masks "
+                 f"{summary['imp_masks']} ({summary['num_kept']:,} of {summary['num_weights']:,} "
+                 f"kept), {summary['step']} weight updates.")
   else:
     lines.append(f"Dense generator: {workdir}/checkpoints ({summary['dense_fp32_bytes']:,} bytes "
                  "of float32 weights).")
@@ -400,10 +386,8 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
   search = build_model(config, strategy, channels, real_mean, real_variance)
   extras, method_callbacks = {}, []
   if config.method == "imp":  # Masks, recorded state and round: checkpointed, driven by a callback.
-    with strategy.scope():
-      extras["imp"] = imp.make_state(search.generator, [search.ama_mean, search.ama_variance])
-    method_callbacks.append(imp.IterativePruning(extras["imp"], imp_schedule(config),
-                                                 os.path.join(write_dir, imp.ROUNDS_FILE)))
+    extras["imp"], pruning = imp.attach(search, strategy, imp_schedule(config), write_dir)
+    method_callbacks.append(pruning)
   if config.method == "gem_miner":
     method_callbacks.append(gem_miner.AnnealRegularization(search.score_regularizer,
                                                            config.gem_miner.anneal_every))
@@ -449,9 +433,9 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
 
   callbacks_lib.write_sample_grid(search.generator, sample_latents(config),
                                   os.path.join(write_dir, "samples", "final.png"), upscale)
-  summary = {"step": callbacks_lib.current_step(search), "workdir": workdir,
-             "weight_updates": 0 if search.generator.mask_rule is not None
-                               else callbacks_lib.current_step(search)}
+  step = callbacks_lib.current_step(search)
+  summary = {"step": step, "workdir": workdir, "weight_updates": 0 if search.generator.mask_rule
+             is not None else step}  # Tickets update scores only; dense and imp, weights.
   if config.method == "imp":  # A sparse TRAINED generator: the checkpoint plus its masks.
     path, kept, total = imp.save_masks(extras["imp"], write_dir)
     summary.update(imp_masks=path, num_kept=kept, num_weights=total)
