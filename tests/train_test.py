@@ -138,3 +138,21 @@ def test_unknown_key_added_in_a_config_file_is_rejected():
   config.dataset.typo_size = 3
   with pytest.raises(errors.SltError, match="dataset.typo_size"):
     train.validate_config(config)
+
+
+def test_end_of_run_summary_names_the_ticket_its_size_kept_weights_samples_and_next_commands():
+  summary = {"step": 40, "workdir": "runs/w", "ticket": "runs/w/ticket.slt", "ticket_bytes": 2000,
+             "num_weights": 10000, "num_kept": 1000, "ticket_sha256": "ab" * 32,
+             "dense_fp32_bytes": 40000, "samples": "runs/w/samples/final.png"}
+  text = train.format_summary(summary)
+  assert "Ticket: runs/w/ticket.slt (2,000 bytes, 20x smaller than the 40,000 bytes" in text
+  assert "keeping 1,000 of 10,000 weights (10.0%)" in text
+  assert f"ticket_sha256 {'ab' * 32}" in text
+  assert "Samples: runs/w/samples/final.png" in text
+  for command in ("bin.evaluate --workdir=runs/w", "bin.export_saved_model --workdir=runs/w",
+                  "bin.inspect_ticket --workdir=runs/w"):
+    assert command in text
+  dense = train.format_summary({"step": 40, "workdir": "runs/d", "dense_fp32_bytes": 40000,
+                                "samples": "runs/d/samples/final.png"})
+  assert "Dense generator: runs/d/checkpoints" in dense and "inspect_ticket" not in dense
+  assert "{" not in text + dense  # A summary for people, not a dict.
