@@ -13,5 +13,6 @@ fashion_mnist = config_schema.load_sibling(__file__, "fashion_mnist")
 def get_config():
   config = fashion_mnist.get_config()
   config.method = "dense"
-  config.learning_rate = 1e-3
+  config.generator.scale_fan = False  # Scaling for the pruned fan-in means nothing when dense.
+  config.learning_rate = 3e-3
   return config
