@@ -9,6 +9,13 @@ Hyperparameters (docs/method.md): Adam on the scores lr 5e-5, betas (0.5, 0.999)
 up initialising them. The paper trains for days on GPUs: not run here (CPU only; a step of this
 generator with Inception features takes seconds on 2 cores). Evaluate with bin/evaluate.py
 (FID on 10k samples against the test split).
+
+Which FID: by default eval.network is `inception_v3`, Keras' ImageNet InceptionV3 pool3. That
+FID is NOT the published one and must not be compared with the paper's numbers (metrics.json
+and bin/evaluate's line name the network). Published FIDs use the 2015 FID Inception graph:
+  --config.eval.network=fid_inception --config.eval.weights=/path/fid_inception.npz
+with pytorch-fid's pt_inception-2015-12-05 weights converted as slt_tf/fid_inception.py says
+(docs/method.md, "Evaluation protocol"); those weights are not shipped or downloaded here.
 """
 
 from slt_tf import config_schema as default

@@ -85,9 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.every_steps = 0          # 0 = only when bin/evaluate is run
   config.eval.num_samples = 10000
   config.eval.network = ""             # "" = inception_v3 (digits: digits_eval_cnn,
-  # fashion_mnist: fashion_eval_cnn)
+  # fashion_mnist: fashion_eval_cnn); fid_inception = the 2015 FID graph of published FIDs
+  # (needs eval.weights=PATH; inception_v3's FIDs are not comparable to published ones)
   config.eval.split = "test"           # test (reported numbers) | validation (tuning)
-  config.eval.weights = "default"
+  config.eval.weights = "default"      # default | none (random) | PATH (a local file)
   return config
 
 

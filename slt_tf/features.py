@@ -19,7 +19,10 @@ and return the activations of several layers, flattened per sample and concatena
 
 Evaluation networks (FID / KID / IS / PRDC) return (embedding, logits):
 
-- `inception_v3`: pool3 (2048-d average pool of mixed10) and the 1000 ImageNet logits at 299x299.
+- `inception_v3`: pool3 (2048-d average pool of mixed10) and the 1000 ImageNet logits at 299x299
+  (Keras' ImageNet InceptionV3: its FIDs are NOT comparable to published ones).
+- `fid_inception`: the 2015 FID Inception graph of published FIDs (TTUR / TF-GAN / pytorch-fid;
+  `slt_tf.fid_inception`), pool3 and 1008 logits at 299x299, weights from a local file only.
 - `digits_eval_cnn`: a different, deeper and wider classifier with batch norm and another seed,
   trained the same way; embedding = its 256-d penultimate layer, logits = its 10-way last layer.
 
@@ -44,9 +47,10 @@ import tensorflow as tf
 
 from slt_tf import classifiers
 from slt_tf import errors
+from slt_tf import fid_inception
 
 FEATURE_NETWORKS = ("inception_v3", "vgg19", "digits_cnn", "fashion_cnn", "fashion_inception")
-EVAL_NETWORKS = ("inception_v3", "digits_eval_cnn", "fashion_eval_cnn")
+EVAL_NETWORKS = ("inception_v3", "fid_inception", "digits_eval_cnn", "fashion_eval_cnn")
 DEFAULT_CACHE_DIR = classifiers.DEFAULT_CACHE_DIR
 
 _INCEPTION_FEATURE_LAYERS = tuple(f"mixed{i}" for i in range(11))
@@ -373,6 +377,11 @@ def build_eval_network(name: str, *, image_size: int, channels: int,
                         name="inception_v3_eval")
     return EvalNetwork(name, model, input_size=_INCEPTION_EVAL_SIZE, input_channels=3,
                        preprocessing="inception", layer_names=layer_names,
+                       info=_weights_info(weights))
+  if name == "fid_inception":  # Local weights file only (or None: random, for tests).
+    layer_names = (fid_inception.EMBEDDING_LAYER, fid_inception.LOGITS_LAYER)
+    return EvalNetwork(name, fid_inception.build(weights), input_size=fid_inception.INPUT_SIZE,
+                       input_channels=3, preprocessing="inception", layer_names=layer_names,
                        info=_weights_info(weights))
   if name in classifiers.RECIPES:
     model, info = _dataset_classifier(name, image_size, weights, cache_dir)
