@@ -65,9 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.imp.scope = "layer"         # layer (k per layer) | global (one threshold)
 
   # method=gem_miner (slt_tf/gem_miner.py): scores in [0, 1] (needs generator.score_init =
-  # unit_uniform), mask = scores >= 0.5, loss + lambda * ||scores||^2 with lambda starting at
-  # `regularization`, multiplied (divided) by anneal_factor every anneal_every steps while the
-  # kept fraction is above (below) keep_fraction.
+  # unit_uniform), mask = scores >= 0.5, loss + lambda * ||scores||^2: while more than
+  # keep_fraction is kept, lambda is on and grows from `regularization` by anneal_factor every
+  # anneal_every steps; at or below keep_fraction it is 0. The kept fraction reached is reported.
   config.gem_miner = ml_collections.ConfigDict()
   config.gem_miner.regularization = 1e-5
   config.gem_miner.anneal_every = 10

@@ -89,12 +89,15 @@ def test_regularizer_gradient_matches_autodiff():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
 
 
-def test_annealing_raises_lambda_above_the_target_and_lowers_it_below():
+def test_annealing_raises_lambda_above_the_target_and_switches_it_off_at_or_below():
   regularizer = gem_miner.ScoreRegularizer(1e-4, target_keep_fraction=0.1, anneal_factor=2.0)
-  assert regularizer.anneal(0.5) == pytest.approx(2e-4)
-  assert regularizer.anneal(0.2) == pytest.approx(4e-4)
-  assert regularizer.anneal(0.05) == pytest.approx(2e-4)
-  assert regularizer.anneal(0.1) == pytest.approx(2e-4)
+  assert regularizer.anneal(0.5, grow=False) == pytest.approx(1e-4)
+  assert regularizer.anneal(0.5, grow=True) == pytest.approx(2e-4)
+  assert regularizer.anneal(0.2, grow=True) == pytest.approx(4e-4)
+  assert regularizer.anneal(0.05, grow=True) == 0.0
+  assert regularizer.anneal(0.1, grow=False) == 0.0
+  assert float(regularizer.strength.numpy()) == 0.0
+  assert regularizer.anneal(0.11, grow=False) == pytest.approx(4e-4)  # Back on at its level.
   assert gem_miner.kept_fraction([np.array([0.5, 0.49, 1.0, 0.0])]) == 0.5
 
 
