@@ -2,6 +2,7 @@
 schedule, and method=imp end to end on configs/test.py with its SavedModel export."""
 
 import os
+import shutil
 import types
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
@@ -217,6 +218,23 @@ def test_imp_run_trains_all_rounds_and_keeps_exactly_k_per_layer(imp_run):
     assert np.count_nonzero(kernel) == masks[layer.name].sum(), layer.name
   rounds = __import__("json").load(open(os.path.join(workdir, imp.ROUNDS_FILE)))
   assert [r["after_step"] for r in rounds] == schedule.boundaries()
+
+
+def test_resuming_across_a_round_boundary_gives_the_uninterrupted_run(imp_run, tmp_path):
+  config, workdir, _ = imp_run
+  final = os.path.join(workdir, "checkpoints", "ckpt-20")
+  expected = tf.train.load_checkpoint(final)
+  copy = str(tmp_path / "resumed")
+  shutil.copytree(workdir, copy)
+  # ckpt-12 lies between the boundaries after steps 8 and 14: the resumed run prunes and
+  # rewinds at 14 from the checkpointed masks and recorded state.
+  train.train_and_evaluate(config, copy, strategy=tf.distribute.get_strategy(),
+                           resume_from="ckpt-12")
+  got = tf.train.load_checkpoint(os.path.join(copy, "checkpoints", "ckpt-20"))
+  names = [n for n in expected.get_variable_to_shape_map() if "CHECKPOINTABLE" not in n]
+  assert any(n.startswith("imp/") for n in names), names
+  for name in names:
+    np.testing.assert_array_equal(got.get_tensor(name), expected.get_tensor(name), err_msg=name)
 
 
 def test_imp_run_exports_a_saved_model_without_score_variables(imp_run, tmp_path):
