@@ -28,6 +28,9 @@ def get_config():
   config.num_steps = 1000
   config.batch_size = 64
   config.learning_rate = 3e-3
+  # Cosine decay to 0 over the run: the final checkpoint (the one reported) is steadier. On
+  # validation: ticket 45.9 at step 1000 vs 60.6 constant; dense 33.1 vs 50.1.
+  config.lr_schedule = "cosine"
   config.loss.ama_learning_rate = 1e-3
   config.checkpoint_every_steps = 500
   config.sample_every_steps = 500
