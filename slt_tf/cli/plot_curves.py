@@ -14,6 +14,7 @@ _RUNS = flags.DEFINE_list("runs", None, "LABEL=WORKDIR pairs, comma-separated.")
 _OUT = flags.DEFINE_string("out", None, "PNG file to write.")
 _METRIC = flags.DEFINE_string("metric", "fid", "Metric of the eval/<metric> scalars.")
 _TITLE = flags.DEFINE_string("title", "", "Title of the plot.")
+_CSV = flags.DEFINE_string("csv", None, "Also write the curves as CSV (label, step, value).")
 flags.mark_flags_as_required(["runs", "out"])
 
 
@@ -31,6 +32,11 @@ def main(argv):
       raise errors.SltError(f"{workdir} has no eval/{_METRIC.value} scalars (train it with "
                             "--config.eval.every_steps=N)")
     print(f"{label}: " + ", ".join(f"{step}: {value:.4g}" for step, value in curves[label]))
+  if _CSV.value:
+    with open(_CSV.value, "w", encoding="utf-8") as f:
+      f.write(f"label,step,{_METRIC.value}\n")
+      f.writelines(f"{label},{step},{value}\n" for label, points in curves.items()
+                   for step, value in points)
   sweep.plot_curves(curves, _OUT.value, title=_TITLE.value,
                     ylabel=f"{_METRIC.value} (periodic evaluation)")
   print(f"Wrote {_OUT.value}")
