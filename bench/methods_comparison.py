@@ -22,7 +22,9 @@ _BASE_DIR = flags.DEFINE_string("base_dir", "runs/methods", "Directory of the ru
 _PLOT = flags.DEFINE_string("plot", "", "Where to write the FID bar plot (PNG); empty: none.")
 
 ROWS = (("dense", "dense (lr 1e-3)"), ("edge_popup", "edge-popup"),
-        ("global_edge_popup", "global edge-popup"), ("gem_miner", "Gem-Miner"),
+        ("global_edge_popup", "global edge-popup"),
+        ("global_edge_popup_u01", "global edge-popup, score_init uniform_01"),
+        ("gem_miner", "Gem-Miner"),
         ("imp", "IMP (rewinding, lr 1e-3)"))
 KEEPS = (0.1, 0.3)
 
@@ -97,7 +99,7 @@ def plot(rows: list[dict], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  figure, axis = pyplot.subplots(figsize=(7, 3.6))
+  figure, axis = pyplot.subplots(figsize=(8, 4))
   methods = [(m, l) for m, l in ROWS if m != "dense"]
   width = 0.38
   for offset, keep in zip((-width / 2, width / 2), KEEPS):
@@ -112,7 +114,9 @@ def plot(rows: list[dict], path: str) -> None:
   dense = next((r.get("fid") for r in rows if r["name"] == "dense"), None)
   if dense:
     axis.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense {dense:.1f}")
-  axis.set_xticks(range(len(methods)), [l for _, l in methods], fontsize=8)
+  axis.set_xticks(range(len(methods)), [l.replace(", ", ",\n").replace(" (", "\n(")
+                                         .replace("global ", "global\n") for _, l in methods],
+                  fontsize=7)
   axis.set_ylabel("FID (digits_eval_cnn, 2000 samples)")
   axis.set_title("digits, 300 steps (IMP: 3 rounds, 1140 updates), seed 0", fontsize=9)
   axis.legend(fontsize=8)
