@@ -2,7 +2,7 @@
 
 Command (needs CelebA prepared in TFDS and InceptionV3 weights or a local weights file):
   python -m bin.find_ticket --config=configs/celeba64_sngan.py --workdir=runs/celeba64_sngan
-Hyperparameters as in configs/cifar10_resnet.py (docs/method.md). Not run here (CPU only).
+Hyperparameters as in configs/cifar10_resnet.py (docs/method.md). Needs GPUs; no result of slt_tf is published for it yet.
 Which FID: as in configs/cifar10_resnet.py, `inception_v3` (Keras ImageNet, not comparable to
 published FIDs) unless --config.eval.network=fid_inception --config.eval.weights=PATH (the 2015
 FID Inception graph of published numbers; slt_tf/fid_inception.py).

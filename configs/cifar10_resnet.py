@@ -6,8 +6,8 @@ local file with --config.features.weights=/path/inception_v3_weights_tf_dim_orde
   python -m bin.find_ticket --config=configs/cifar10_resnet.py --workdir=runs/cifar10_resnet
 Hyperparameters (docs/method.md): Adam on the scores lr 5e-5, betas (0.5, 0.999), batch 64, latent
 128, AMA lr 1e-5; frozen weights N(0, 0.02) and scores U(-0.1, 0.1), as the released code ends
-up initialising them. The paper trains for days on GPUs: not run here (CPU only; a step of this
-generator with Inception features takes seconds on 2 cores). Evaluate with bin/evaluate.py
+up initialising them. The paper trains for days on GPUs; no result of slt_tf is published for it yet (a step of
+this generator with Inception features takes seconds on 2 CPU cores). Evaluate with bin/evaluate.py
 (FID on 10k samples against the test split).
 
 Which FID: by default eval.network is `inception_v3`, Keras' ImageNet InceptionV3 pool3. That
