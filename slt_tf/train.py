@@ -50,6 +50,7 @@ from slt_tf import workdir_lock
 # under lr_schedule=cosine, whose decay length it sets. All other keys may not change.
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every_steps", "log_every_steps",
                   "sample_every_steps", "num_sample_images", "eval.")
+LATER_KEYS = ("imp.", "gem_miner.")  # Schema keys that older workdirs' config.json lack.
 TICKET_FILE = "ticket.slt"
 CONFIG_FILE = "config.json"
 
@@ -175,9 +176,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool
     previous = _flatten(previous)
     current = _flatten(json.loads(json.dumps(resolved)))
     defaults = _flatten(json.loads(json.dumps(default_config.get_config().to_dict())))
-    for key in set(current) - set(previous):  # Keys added to the schema later (imp.*): at their
-      if current[key] == defaults.get(key, object()):  # defaults, older workdirs resume.
-        previous[key] = current[key]
+    for key in set(current) - set(previous):  # Keys added to the schema later, at their
+      if key.startswith(LATER_KEYS) and current[key] == defaults.get(key):  # defaults: the
+        previous[key] = current[key]  # workdirs written before them still resume.
     keys = resumable_keys(config)
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k) and not _resumable(k, keys))

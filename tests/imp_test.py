@@ -1,6 +1,7 @@
 """Tests for slt_tf.imp: magnitude pruning against a NumPy reference, bit-exact rewinding, the
 schedule, and method=imp end to end on configs/test.py with its SavedModel export."""
 
+import json
 import os
 import shutil
 import types
@@ -216,7 +217,7 @@ def test_imp_run_trains_all_rounds_and_keeps_exactly_k_per_layer(imp_run):
     kernel = layer.kernel.numpy()
     assert np.all(kernel[~masks[layer.name]] == 0), layer.name
     assert np.count_nonzero(kernel) == masks[layer.name].sum(), layer.name
-  rounds = __import__("json").load(open(os.path.join(workdir, imp.ROUNDS_FILE)))
+  rounds = json.load(open(os.path.join(workdir, imp.ROUNDS_FILE)))
   assert [r["after_step"] for r in rounds] == schedule.boundaries()
 
 
@@ -259,3 +260,17 @@ def test_imp_config_errors_are_one_line(tmp_path_factory):
   config.lr_schedule = "cosine"
   with pytest.raises(errors.SltError, match="method=imp needs lr_schedule=constant"):
     train.validate_config(config)
+
+
+def test_workdirs_written_before_the_imp_and_gem_miner_keys_still_resume(tmp_path):
+  config = test_config.get_config()
+  older = {k: v for k, v in config.to_dict().items() if k not in ("imp", "gem_miner")}
+  (tmp_path / train.CONFIG_FILE).write_text(json.dumps(older))
+  train.prepare_workdir(config, str(tmp_path), write=False)  # Same config: resumes.
+  config.imp.rounds = 5  # Not the default: the older run did not have it.
+  with pytest.raises(errors.SltError, match=r"different config \(imp.rounds: None there, 5 now"):
+    train.prepare_workdir(config, str(tmp_path), write=False)
+  del older["keep_fraction"]  # Only the later keys are matched at their defaults.
+  (tmp_path / train.CONFIG_FILE).write_text(json.dumps(older))
+  with pytest.raises(errors.SltError, match=r"different config \(keep_fraction: None there"):
+    train.prepare_workdir(test_config.get_config(), str(tmp_path), write=False)
