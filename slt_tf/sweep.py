@@ -247,10 +247,11 @@ def significance(rows: Sequence[dict[str, Any]], metric: str = "fid") -> list[st
         row[f"{metric}_mean"], row[f"{metric}_std"], row["num_runs"], dense[f"{metric}_mean"],
         dense[f"{metric}_std"], dense["num_runs"], equal_var=False)
     difference = row[f"{metric}_mean"] - dense[f"{metric}_mean"]
-    verdict = "larger than the seed spread" if result.pvalue < 0.05 else "within the seed spread"
+    verdict = ("larger than the seed spread (p < 0.05)" if result.pvalue < 0.05
+               else "within the seed spread (p >= 0.05)")
     lines.append(f"{row['group']} - dense: {metric} {difference:+.2f}, Welch t-test p = "
                  f"{result.pvalue:.3f} ({row['num_runs']} vs {dense['num_runs']} seeds): "
-                 f"{verdict} (p < 0.05).")
+                 f"{verdict}.")
   return lines
 
 
