@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sys
+import textwrap
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -296,9 +297,10 @@ def plot(rows: Sequence[dict[str, Any]], path: str, *, title: str = "") -> None:
   axes.set_xticks([r["keep_fraction"] for r in tickets] or [0.1])
   axes.set_xticklabels([f"{r['keep_fraction']:g}" for r in tickets] or ["0.1"])
   axes.set_xlabel("keep fraction (fraction of weights kept)")
-  axes.set_ylabel("FID (lower is better)")
+  axes.set_ylabel("FID (lower is better, log scale)")
+  axes.set_yscale("log")  # The floor and the real-data row are orders of magnitude apart.
   if title:
-    axes.set_title(title, fontsize=9)
+    axes.set_title(textwrap.fill(title, 90), fontsize=7)
   axes.legend(fontsize=8)
   axes.grid(alpha=0.3)
   figure.tight_layout()
