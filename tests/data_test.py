@@ -207,7 +207,7 @@ def test_load_images_of_a_dataset_that_is_not_prepared_says_how_to_prepare_it(tm
   message = str(error.value)
   assert '\n' not in message
   assert f'tfds build cifar10 --data_dir={tmp_path}' in message
-  assert 'offline' in message
+  assert 'on a machine with internet access' in message
 
 
 # Names, splits and errors.

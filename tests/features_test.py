@@ -33,7 +33,7 @@ def test_unknown_feature_network_name_raises_listing_the_valid_ones(name):
 
 
 def test_unknown_eval_network_name_raises_listing_the_valid_ones():
-  with pytest.raises(errors.SltError, match="inception_v3, digits_eval_cnn"):
+  with pytest.raises(errors.SltError, match=", ".join(features.EVAL_NETWORKS)):
     features.build_eval_network("digits_cnn", image_size=32, channels=1, weights=None)
 
 
