@@ -16,10 +16,12 @@ def readme_block(section: str) -> str:
   return re.search(r"```python\n(.*?)```", body, re.S).group(1)
 
 
-def test_readme_python_api_block_runs_as_written():
+def test_readme_python_api_block_runs_as_written(tmp_path):
   code = readme_block("Python API")
   assert "slt_tf.find_ticket(config, workdir)" in code
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+  # A fresh $HOME: the caches the README's defaults use, writable where the real one is not
+  # (Bazel's sandbox), and no state from earlier runs.
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", HOME=str(tmp_path))
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

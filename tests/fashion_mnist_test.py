@@ -127,7 +127,8 @@ def test_find_ticket_with_a_missing_idx_directory_writes_nothing(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "bin.find_ticket", "--config=configs/fashion_mnist.py",
        f"--workdir={workdir}", f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-       f"--config.dataset.source_dir={tmp_path / 'missing'}"],
+       f"--config.dataset.source_dir={tmp_path / 'missing'}",
+       f"--config.features.cache_dir={tmp_path / 'cache'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
   assert result.returncode != 0

@@ -28,6 +28,7 @@ def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("tflite")
   config = test_config.get_config()
   config.features.weights = "none"
+  config.features.cache_dir = str(root / "cache")  # Writable where $HOME is not (Bazel).
   config.num_steps = 4
   config.checkpoint_every_steps = config.log_every_steps = config.sample_every_steps = 2
   workdir = str(root / "run")
