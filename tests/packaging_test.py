@@ -81,7 +81,9 @@ def test_wheel_installs_only_slt_tf_and_its_scripts_run_outside_the_repo(tmp_pat
   assert not {"bin", "configs", "export", "tests", "bench"} & set(os.listdir(venv_site))
   outside = tmp_path / "elsewhere"
   outside.mkdir()
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+  # A fresh $HOME: the default caches, writable where the real one is not (Bazel's sandbox).
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+             HOME=str(tmp_path / "home"))
   env.pop("PYTHONPATH", None)
   result = subprocess.run(
       [str(venv / "bin" / "slt-find-ticket"), f"--config={REPO_ROOT}/configs/test.py",
