@@ -25,6 +25,7 @@ def accumulator(directory: str) -> event_accumulator.EventAccumulator:
 def test_run_writes_sample_grids_config_text_and_hparams(tmp_path):
   config = test_config.get_config()
   config.features.weights = "none"
+  config.features.cache_dir = str(tmp_path / "cache")  # Writable where $HOME is not (Bazel).
   config.num_steps = 4
   config.log_every_steps = config.sample_every_steps = config.checkpoint_every_steps = 2
   workdir = str(tmp_path / "run")
