@@ -194,7 +194,8 @@ def load(name: str, image_size: int, cache_dir: str | None) -> tuple[keras.Model
   return model, info
 
 
-def _accuracy(model: keras.Model, images: tf.data.Dataset) -> tuple[float, int]:
+def accuracy(model: keras.Model, images: tf.data.Dataset) -> tuple[float, int]:
+  """(fraction of correct argmax predictions, number of examples) over (images, labels)."""
   correct = total = 0
   for batch, labels in images:
     predictions = tf.argmax(model(batch, training=False), axis=-1)
@@ -235,7 +236,7 @@ def prepare(name: str, image_size: int, *, cache_dir: str | None = None,
                 metrics=["accuracy"], jit_compile=False)
   with deterministic_ops():
     history = model.fit(train, epochs=recipe.epochs, verbose=verbose)
-  test_accuracy, test_examples = _accuracy(model, test)
+  test_accuracy, test_examples = accuracy(model, test)
   info = {"network": name, "dataset": recipe.dataset, "architecture": recipe.tag,
           "image_size": image_size, "seed": recipe.seed, "epochs": recipe.epochs,
           "train_accuracy": float(history.history["accuracy"][-1]),

@@ -521,15 +521,11 @@ def _train_digits_classifier(classifier: keras.Model, *, name: str, epochs: int,
       metrics=["accuracy"], jit_compile=False)
   with classifiers.deterministic_ops():
     history = classifier.fit(train, epochs=epochs, shuffle=False, verbose=0)
-  correct = total = 0
-  for images, labels in test:
-    predictions = tf.argmax(classifier(images, training=False), axis=-1)
-    correct += int(tf.reduce_sum(tf.cast(predictions == labels, tf.int64)))
-    total += int(labels.shape[0])
+  test_accuracy, test_examples = classifiers.accuracy(classifier, test)
   info = {
       "network": name, "image_size": image_size, "seed": seed, "epochs": epochs,
       "train_accuracy": float(history.history["accuracy"][-1]),
-      "test_accuracy": correct / total, "test_examples": total,
+      "test_accuracy": test_accuracy, "test_examples": test_examples,
       "training_seconds": round(time.time() - start, 2),
   }
   logging.info("Trained %s on digits/train in %.1f s: held-out (digits/test) accuracy %.4f.",
