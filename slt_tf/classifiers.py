@@ -1,8 +1,13 @@
 """Classifiers trained on a dataset, for its loss features and its evaluation: an explicit step.
 
-A dataset without ImageNet-scale pretrained networks (Fashion-MNIST here) gets its own frozen
-networks, trained on its 60,000 training images only:
+A dataset without ImageNet-scale pretrained networks (digits, Fashion-MNIST) gets its own frozen
+networks, trained on its training split only:
 
+- `digits_cnn` (loss): conv32/2 - conv64/2 - dense128 (ReLU) - dense10, features = its three
+  ReLU activations; seeded by the run's seed (`config.seed`), like every other frozen weight.
+- `digits_eval_cnn` (evaluation): deeper and wider, with batch norm and its own seed: 3
+  conv-BN-ReLU (32/2, 64/2, 128/2) - dense256 (ReLU) - dense10, embedding = its 256-d
+  penultimate layer.
 - `fashion_cnn` (loss, plain CNN): conv16/2 - conv32/2 - conv64/2 - dense128 - dense10,
   features = all four ReLU outputs, flattened (GFMN matches several layers without pooling).
 - `fashion_inception` (loss, Inception-style): a stem and three mixed blocks built like
@@ -14,8 +19,9 @@ Sizes are set by what two CPU cores can afford per search step.
 
 `prepare` trains what is not in the cache yet (logged, with a progress bar) and writes
 `<cache>/<name>-<recipe>.weights.h5` plus an info JSON (test accuracy, time); `load` only
-loads, so building a network never trains it. The digits networks still live in
-`slt_tf.features`.
+loads, so building a network never trains it (`slt_tf.features` builds the frozen networks
+from these). Training is deterministic (seeded data order, TF op determinism enabled for the
+training only and restored afterwards), so the same recipe gives the same weights bit for bit.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config  # Op-determinism state.
 
 from slt_tf import errors
+from slt_tf import workdir
 
 DEFAULT_CACHE_DIR = "~/.cache/slt_tf"
 
@@ -64,6 +71,36 @@ def deterministic_ops():
 
 def _init(seed: int, index: int) -> keras.initializers.Initializer:
   return keras.initializers.GlorotUniform(seed=seed * 100 + index)
+
+
+def _digits_cnn(image_size: int, seed: int) -> keras.Model:
+  inputs = keras.Input([image_size, image_size, 1], name="images")
+  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu",
+                          kernel_initializer=_init(seed, 1), name="conv1")(inputs)
+  x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu",
+                          kernel_initializer=_init(seed, 2), name="conv2")(x)
+  x = keras.layers.Flatten(name="flatten")(x)
+  x = keras.layers.Dense(128, activation="relu", kernel_initializer=_init(seed, 3),
+                         name="dense1")(x)
+  logits = keras.layers.Dense(10, kernel_initializer=_init(seed, 4), name="logits")(x)
+  return keras.Model(inputs, logits, name="digits_cnn")
+
+
+def _digits_eval_cnn(image_size: int, seed: int) -> keras.Model:
+  """Batch norm with momentum 0.9, so that its moving statistics converge within the few
+  hundred training steps."""
+  inputs = keras.Input([image_size, image_size, 1], name="images")
+  x = inputs
+  for index, filters in enumerate((32, 64, 128), start=1):
+    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
+                            kernel_initializer=_init(seed, index), name=f"conv{index}")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{index}")(x)
+    x = keras.layers.ReLU(name=f"relu{index}")(x)
+  x = keras.layers.Flatten(name="flatten")(x)
+  x = keras.layers.Dense(256, activation="relu", kernel_initializer=_init(seed, 4),
+                         name="embedding")(x)
+  logits = keras.layers.Dense(10, kernel_initializer=_init(seed, 5), name="logits")(x)
+  return keras.Model(inputs, logits, name="digits_eval_cnn")
 
 
 def _fashion_cnn(image_size: int, seed: int) -> keras.Model:
@@ -137,13 +174,19 @@ class Recipe:
   architecture: Callable[[int, int], keras.Model]
   tag: str                       # names the architecture in the cache file
   feature_layers: tuple[str, ...]  # tapped layers (features) or (embedding, logits) for eval
-  seed: int
+  seed: int | None               # None: the run's seed (the `seed` argument below)
   epochs: int
   batch_size: int = 128
   learning_rate: float = 1e-3
 
 
 RECIPES = {
+    "digits_cnn": Recipe(
+        "digits", _digits_cnn, "c32s2-c64s2-d128", ("conv1", "conv2", "dense1"), seed=None,
+        epochs=10, batch_size=64),
+    "digits_eval_cnn": Recipe(
+        "digits", _digits_eval_cnn, "c32s2bn-c64s2bn-c128s2bn-d256", ("embedding", "logits"),
+        seed=1234, epochs=10, batch_size=64),
     "fashion_cnn": Recipe(
         "fashion_mnist", _fashion_cnn, "c16s2-c32s2-c64s2-d128",
         ("conv1", "conv2", "conv3", "dense1"), seed=7, epochs=3),
@@ -156,41 +199,69 @@ RECIPES = {
 }
 
 
-def _paths(name: str, image_size: int, cache_dir: str | None) -> tuple[str, str]:
+def _check_name(name: str) -> Recipe:
+  if name not in RECIPES:
+    raise errors.SltError(f"unknown classifier {name!r}; choose one of {', '.join(RECIPES)}")
+  return RECIPES[name]
+
+
+def recipe_seed(name: str, seed: int = 0) -> int:
+  """The seed `name` is built and trained with: its recipe's, or the run's `seed` if it has none."""
+  recipe_seed_value = _check_name(name).seed
+  return seed if recipe_seed_value is None else recipe_seed_value
+
+
+def _paths(name: str, image_size: int, cache_dir: str | None, seed: int) -> tuple[str, str]:
   recipe = RECIPES[name]
   cache_dir = os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR)
   stem = os.path.join(cache_dir, f"{name}-{recipe.tag}-e{recipe.epochs}-b{recipe.batch_size}-"
-                                 f"size{image_size}-seed{recipe.seed}")
+                                 f"size{image_size}-seed{recipe_seed(name, seed)}")
   return stem + ".weights.h5", stem + ".json"
 
 
-def build(name: str, image_size: int) -> keras.Model:
+def build(name: str, image_size: int, seed: int = 0) -> keras.Model:
   """The untrained classifier `name` (seeded: the same weights in every process)."""
-  recipe = RECIPES[name]
-  with python_random_seed(recipe.seed):
-    return recipe.architecture(image_size, recipe.seed)
+  seed = recipe_seed(name, seed)
+  with python_random_seed(seed):
+    return RECIPES[name].architecture(image_size, seed)
 
 
-def is_prepared(name: str, image_size: int, cache_dir: str | None) -> bool:
-  return all(os.path.exists(path) for path in _paths(name, image_size, cache_dir))
+def is_prepared(name: str, image_size: int, cache_dir: str | None, seed: int = 0) -> bool:
+  return all(tf.io.gfile.exists(path) for path in _paths(name, image_size, cache_dir, seed))
 
 
-def load(name: str, image_size: int, cache_dir: str | None) -> tuple[keras.Model, dict[str, Any]]:
-  """The trained classifier from the cache, and its info; SltError when it is not prepared."""
-  weights_path, info_path = _paths(name, image_size, cache_dir)
-  if not is_prepared(name, image_size, cache_dir):
+def _prepare_command(name: str, image_size: int, seed: int) -> str:
+  seed_flag = f" --seed={seed}" if RECIPES[name].seed is None and seed else ""
+  return (f"python -m bin.train_classifiers --dataset={RECIPES[name].dataset} "
+          f"--image_size={image_size}{seed_flag}")
+
+
+def load(name: str, image_size: int, cache_dir: str | None,
+         seed: int = 0) -> tuple[keras.Model, dict[str, Any]]:
+  """The trained classifier from the cache, and its info; SltError when it is not prepared.
+
+  Args:
+    name: one of RECIPES.
+    image_size: side of its input images.
+    cache_dir: where `prepare` wrote it (None: DEFAULT_CACHE_DIR).
+    seed: the run's seed; only recipes without a seed of their own (digits_cnn) use it.
+  """
+  weights_path, info_path = _paths(name, image_size, cache_dir, seed)
+  if not is_prepared(name, image_size, cache_dir, seed):
     raise errors.SltError(
-        f"{name} is not trained yet ({weights_path} is missing): bin/find_ticket trains it "
-        f"first, or run `python -m bin.train_classifiers --dataset={RECIPES[name].dataset} "
-        f"--image_size={image_size}`")
-  model = build(name, image_size)
+        f"{name} is not trained yet ({weights_path} is missing): bin/find_ticket and "
+        f"bin/evaluate train it first, or run `{_prepare_command(name, image_size, seed)}`")
+  model = build(name, image_size, seed)
   try:
     model.load_weights(weights_path)
-    with open(info_path) as f:
+    with tf.io.gfile.GFile(info_path) as f:
       info = json.load(f)
-  except (OSError, ValueError, KeyError) as e:
-    raise errors.SltError(f"cached {name} at {weights_path} is unreadable ({type(e).__name__}); "
-                          "delete it and its .json to train it again") from e
+  except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+    raise errors.SltError(
+        f"cached {name} at {weights_path} is unreadable ({type(e).__name__}); run "
+        f"`{_prepare_command(name, image_size, seed)}` to train it again") from e
+  logging.info("Loaded %s from %s (held-out accuracy %.4f).", name, weights_path,
+               info.get("test_accuracy", float("nan")))
   return model, info
 
 
@@ -204,33 +275,44 @@ def accuracy(model: keras.Model, images: tf.data.Dataset) -> tuple[float, int]:
   return correct / total, total
 
 
-def prepare(name: str, image_size: int, *, cache_dir: str | None = None,
+def prepare(name: str, image_size: int, *, seed: int = 0, cache_dir: str | None = None,
             data_dir: str | None = None, verbose: int = 1) -> dict[str, Any]:
   """Trains `name` on its dataset's `train` split unless it is cached; returns its info.
 
-  Logged, with keras' per-epoch progress bar (`verbose`), deterministic ops and a seeded data
-  order. The held-out `test` accuracy is measured and stored with the weights.
+  Logged, with keras' per-epoch progress bar (`verbose`), deterministic ops (enabled for the
+  training only) and a seeded data order. The held-out `test` accuracy is measured and stored
+  with the weights. A cached file that cannot be read is trained again, with a warning.
+
+  Args:
+    name: one of RECIPES.
+    image_size: side of its input images.
+    seed: the run's seed; only recipes without a seed of their own (digits_cnn) use it.
+    cache_dir: where to write it (None: DEFAULT_CACHE_DIR).
+    data_dir: TFDS data directory of the dataset.
+    verbose: keras' `fit` verbosity.
   """
   from slt_tf import data  # pylint: disable=g-import-not-at-top  # TFDS only when training.
 
-  if name not in RECIPES:
-    raise errors.SltError(f"unknown classifier {name!r}; choose one of {', '.join(RECIPES)}")
-  weights_path, info_path = _paths(name, image_size, cache_dir)
-  if is_prepared(name, image_size, cache_dir):
-    return load(name, image_size, cache_dir)[1]
+  recipe = _check_name(name)
+  weights_path, info_path = _paths(name, image_size, cache_dir, seed)
+  if is_prepared(name, image_size, cache_dir, seed):
+    try:
+      return load(name, image_size, cache_dir, seed)[1]
+    except errors.SltError as e:
+      logging.warning("%s; training it again.", e)
   if tf.distribute.has_strategy():
     raise errors.SltError(f"{name} must be trained outside a tf.distribute strategy scope")
-  recipe = RECIPES[name]
+  seed = recipe_seed(name, seed)
   data.prepare(recipe.dataset, data_dir)
   logging.info("Training %s on %s/train (%d epochs, image_size %d), once; cached in %s.", name,
                recipe.dataset, recipe.epochs, image_size, weights_path)
   start = time.time()
   train = data.load_images(recipe.dataset, "train", image_size=image_size,
                            batch_size=recipe.batch_size, data_dir=data_dir, with_labels=True,
-                           shuffle=True, seed=recipe.seed)
+                           shuffle=True, seed=seed)
   test = data.load_images(recipe.dataset, "test", image_size=image_size, batch_size=500,
                           data_dir=data_dir, with_labels=True)
-  model = build(name, image_size)
+  model = build(name, image_size, seed)
   model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"], jit_compile=False)
@@ -238,17 +320,14 @@ def prepare(name: str, image_size: int, *, cache_dir: str | None = None,
     history = model.fit(train, epochs=recipe.epochs, verbose=verbose)
   test_accuracy, test_examples = accuracy(model, test)
   info = {"network": name, "dataset": recipe.dataset, "architecture": recipe.tag,
-          "image_size": image_size, "seed": recipe.seed, "epochs": recipe.epochs,
+          "image_size": image_size, "seed": seed, "epochs": recipe.epochs,
+          "batch_size": recipe.batch_size,
           "train_accuracy": float(history.history["accuracy"][-1]),
           "test_accuracy": test_accuracy, "test_examples": test_examples,
           "training_seconds": round(time.time() - start, 1), "weights": weights_path}
-  os.makedirs(os.path.dirname(weights_path), exist_ok=True)
-  tmp = f"{weights_path}.tmp-{os.getpid()}.weights.h5"
-  model.save_weights(tmp)
-  with open(info_path + ".tmp", "w") as f:
-    json.dump(info, f, indent=2, sort_keys=True)
-  os.replace(tmp, weights_path)
-  os.replace(info_path + ".tmp", info_path)
+  with workdir.atomic_path(weights_path, suffix=".weights.h5") as temporary:
+    model.save_weights(temporary)
+  workdir.atomic_write(info_path, json.dumps(info, indent=2, sort_keys=True))
   logging.info("Trained %s in %.0f s: test accuracy %.4f (%d images).", name,
                info["training_seconds"], test_accuracy, test_examples)
   return info

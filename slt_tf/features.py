@@ -11,11 +11,9 @@ and return the activations of several layers, flattened per sample and concatena
   1x1 or 3x3 anyway, so little spatial information is lost.
 - `vgg19`: the paper code's choice: the 16 ReLU conv outputs of VGG19, flattened without pooling
   (303,104 features at 32x32), caffe preprocessing (BGR, 0..255 minus the ImageNet mean).
-- `digits_cnn`: a small classifier trained on the embedded `digits` train split on first use and
-  cached; features are its three ReLU activations (conv32/2, conv64/2, dense128).
-
-- `fashion_cnn`, `fashion_inception`: Fashion-MNIST classifiers (`slt_tf.classifiers`, trained
-  by an explicit step, only loaded here); features are their tapped layers, flattened.
+- `digits_cnn`, `fashion_cnn`, `fashion_inception`: classifiers of the dataset itself
+  (`slt_tf.classifiers`: trained by an explicit step, `classifiers.prepare`, only loaded here);
+  features are their tapped layers (for digits_cnn its three ReLU activations), flattened.
 
 Evaluation networks (FID / KID / IS / PRDC) return (embedding, logits):
 
@@ -23,10 +21,8 @@ Evaluation networks (FID / KID / IS / PRDC) return (embedding, logits):
   (Keras' ImageNet InceptionV3: its FIDs are NOT comparable to published ones).
 - `fid_inception`: the 2015 FID Inception graph of published FIDs (TTUR / TF-GAN / pytorch-fid;
   `slt_tf.fid_inception`), pool3 and 1008 logits at 299x299, weights from a local file only.
-- `digits_eval_cnn`: a different, deeper and wider classifier with batch norm and another seed,
-  trained the same way; embedding = its 256-d penultimate layer, logits = its 10-way last layer.
-
-- `fashion_eval_cnn`: an independent Fashion-MNIST classifier (`slt_tf.classifiers`).
+- `digits_eval_cnn`, `fashion_eval_cnn`: classifiers of the dataset independent of the loss's
+  (`slt_tf.classifiers`); embedding = their penultimate layer, logits = their 10-way last layer.
 
 Every network is frozen (no trainable weights, batch norm in inference mode) and carries a
 `fingerprint`: sha256 over its name, tapped layers, input shape and all weight bytes, so caches
@@ -36,7 +32,6 @@ keyed by it (real feature moments) are never reused for other weights.
 import hashlib
 import json
 import os
-import time
 from typing import Any, Callable
 
 from absl import logging
@@ -64,16 +59,6 @@ _VGG19_MIN_SIZE = 32
 # keras.applications.imagenet_utils "caffe" mode: BGR means of ImageNet, in 0..255.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
-# The digits classifiers: training recipe and the seed of the evaluation network. Changing any of
-# these changes the cached weights, so they are part of the cache file names.
-_DIGITS_NUM_CLASSES = 10
-_DIGITS_BATCH_SIZE = 64
-_DIGITS_LEARNING_RATE = 1e-3
-_DIGITS_CNN_EPOCHS = 10
-_DIGITS_CNN_TAG = "c32s2-c64s2-d128"
-_DIGITS_EVAL_CNN_EPOCHS = 10
-_DIGITS_EVAL_CNN_TAG = "c32s2bn-c64s2bn-c128s2bn-d256"
-_DIGITS_EVAL_SEED = 1234
 
 
 class _FrozenNetwork:
@@ -217,8 +202,6 @@ def _one_line(error: Exception) -> str:
 
 
 def _weights_choices(name: str) -> str:
-  if name.startswith("digits"):
-    return "'default' (train on digits or load from the cache), None (random) or a weights file"
   if name in classifiers.RECIPES:
     return "'default' (trained by bin/train_classifiers), None (random) or a weights file"
   return "'default' or 'imagenet' (keras download), None (random) or a local weights file"
@@ -297,19 +280,18 @@ def _weights_info(weights: str | None) -> dict[str, Any]:
 
 def build_feature_network(name: str, *, image_size: int, channels: int,
                           weights: str | None = "default", cache_dir: str | None = None,
-                          data_dir: str | None = None, seed: int = 0) -> FeatureNetwork:
+                          seed: int = 0) -> FeatureNetwork:
   """Builds the frozen feature network `name` for images [B, image_size, image_size, channels].
 
   Args:
     name: one of FEATURE_NETWORKS.
     image_size: side of the generator's images (the inputs are resized as each network needs).
     channels: channels of the generator's images (1 or 3).
-    weights: 'default' ('imagenet' for inception_v3/vgg19; train-or-load-from-cache for
-      digits_cnn), 'imagenet', None (random, seeded by `seed`; for tests), or a weights file
-      (.h5 from keras, or .keras/.weights.h5).
-    cache_dir: where digits_cnn keeps its trained weights (default ~/.cache/slt_tf).
-    data_dir: TFDS data directory passed to `data.load_images` when digits_cnn trains.
-    seed: initialisation and data-order seed (random weights, digits_cnn training).
+    weights: 'default' ('imagenet' for inception_v3/vgg19; for a dataset classifier the weights
+      `classifiers.prepare` trained, loaded from the cache), 'imagenet', None (random, seeded;
+      for tests), or a weights file (.h5 from keras, or .keras/.weights.h5).
+    cache_dir: where `classifiers.prepare` wrote the classifiers (default ~/.cache/slt_tf).
+    seed: the run's seed: random ImageNet-architecture weights, and digits_cnn's weights.
 
   Returns:
     The FeatureNetwork.
@@ -335,24 +317,15 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
     return FeatureNetwork(name, model, input_size=image_size, input_channels=3,
                           preprocessing="caffe", layer_names=_VGG19_RELU_CONV_LAYERS,
                           info=_weights_info(weights))
-  if name in classifiers.RECIPES:
-    model, info = _dataset_classifier(name, image_size, weights, cache_dir)
-    return FeatureNetwork(name, model, input_size=image_size, input_channels=1,
-                          preprocessing="raw", layer_names=classifiers.RECIPES[name].feature_layers, info=info)
-  # digits_cnn
-  classifier, info = _digits_classifier(
-      name, _digits_cnn, tag=_DIGITS_CNN_TAG, epochs=_DIGITS_CNN_EPOCHS, image_size=image_size,
-      weights=weights, cache_dir=cache_dir, data_dir=data_dir, seed=seed)
-  layer_names = ("conv1", "conv2", "dense1")
-  model = keras.Model(classifier.input, [classifier.get_layer(layer).output
-                                         for layer in layer_names], name="digits_cnn_features")
+  model, info = _dataset_classifier(name, image_size, weights, cache_dir, seed)
   return FeatureNetwork(name, model, input_size=image_size, input_channels=1,
-                        preprocessing="digits", layer_names=layer_names, info=info)
+                        preprocessing=_classifier_preprocessing(name),
+                        layer_names=classifiers.RECIPES[name].feature_layers, info=info)
 
 
 def build_eval_network(name: str, *, image_size: int, channels: int,
-                       weights: str | None = "default", cache_dir: str | None = None,
-                       data_dir: str | None = None) -> EvalNetwork:
+                       weights: str | None = "default",
+                       cache_dir: str | None = None) -> EvalNetwork:
   """Builds the frozen evaluation network `name` (embedding and logits) for FID/KID/IS/PRDC.
 
   Args:
@@ -361,8 +334,7 @@ def build_eval_network(name: str, *, image_size: int, channels: int,
     channels: channels of the images (1 or 3).
     weights: as in `build_feature_network`; a legacy inception_v3 .h5 file must hold the
       classifier head (the full ImageNet file, not the "notop" one).
-    cache_dir: where digits_eval_cnn keeps its trained weights (default ~/.cache/slt_tf).
-    data_dir: TFDS data directory used when digits_eval_cnn trains.
+    cache_dir: where `classifiers.prepare` wrote the classifiers (default ~/.cache/slt_tf).
 
   Returns:
     The EvalNetwork.
@@ -383,151 +355,34 @@ def build_eval_network(name: str, *, image_size: int, channels: int,
     return EvalNetwork(name, fid_inception.build(weights), input_size=fid_inception.INPUT_SIZE,
                        input_channels=3, preprocessing="inception", layer_names=layer_names,
                        info=_weights_info(weights))
-  if name in classifiers.RECIPES:
-    model, info = _dataset_classifier(name, image_size, weights, cache_dir)
-    return EvalNetwork(name, model, input_size=image_size, input_channels=1,
-                       preprocessing="raw", layer_names=classifiers.RECIPES[name].feature_layers, info=info)
-  # digits_eval_cnn
-  classifier, info = _digits_classifier(
-      name, _digits_eval_cnn, tag=_DIGITS_EVAL_CNN_TAG, epochs=_DIGITS_EVAL_CNN_EPOCHS,
-      image_size=image_size, weights=weights, cache_dir=cache_dir, data_dir=data_dir,
-      seed=_DIGITS_EVAL_SEED)
-  layer_names = ("embedding", "logits")
-  model = keras.Model(classifier.input, [classifier.get_layer(layer).output
-                                         for layer in layer_names], name="digits_eval_cnn")
+  model, info = _dataset_classifier(name, image_size, weights, cache_dir, seed=0)
   return EvalNetwork(name, model, input_size=image_size, input_channels=1,
-                     preprocessing="digits", layer_names=layer_names, info=info)
+                     preprocessing=_classifier_preprocessing(name),
+                     layer_names=classifiers.RECIPES[name].feature_layers, info=info)
 
 
-def _dataset_classifier(name: str, image_size: int, weights: str | None,
-                        cache_dir: str | None) -> tuple[keras.Model, dict[str, Any]]:
+def _classifier_preprocessing(name: str) -> str:
+  """None of these models preprocess; the tag only keeps the fingerprints of earlier versions."""
+  return "digits" if classifiers.RECIPES[name].dataset == "digits" else "raw"
+
+
+def _dataset_classifier(name: str, image_size: int, weights: str | None, cache_dir: str | None,
+                        seed: int) -> tuple[keras.Model, dict[str, Any]]:
   """A `slt_tf.classifiers` network cut at its tapped layers: trained (loaded from the cache,
   never trained here), random (weights None) or from a weights file."""
   if weights == "default":
-    classifier, info = classifiers.load(name, image_size, cache_dir)
+    classifier, info = classifiers.load(name, image_size, cache_dir, seed)
   elif weights is None:
-    classifier, info = classifiers.build(name, image_size), {"weights": "random"}
+    classifier = classifiers.build(name, image_size, seed)
+    info = {"weights": "random", "seed": classifiers.recipe_seed(name, seed)}
   elif weights == "imagenet":
     raise errors.SltError(f"{name} has no ImageNet weights; pass {_weights_choices(name)}.")
   else:
-    classifier = classifiers.build(name, image_size)
-    _load_weights_file(classifier, _check_weights_file(weights, name))
-    info = {"weights": weights}
+    classifier = classifiers.build(name, image_size, seed)
+    path = _check_weights_file(weights, name)
+    _load_weights_file(classifier, path)
+    info = {"weights": path}
   layers = classifiers.RECIPES[name].feature_layers
   model = keras.Model(classifier.input, [classifier.get_layer(layer).output for layer in layers],
                       name=f"{name}_taps")
   return model, info
-
-
-def _digits_cnn(image_size: int, seed: int) -> keras.Model:
-  """The loss's digits classifier: conv32/2 - conv64/2 - dense128 (ReLU) - dense10."""
-  def init(index):
-    return keras.initializers.GlorotUniform(seed=seed * 100 + index)
-
-  inputs = keras.Input([image_size, image_size, 1], name="images")
-  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu",
-                          kernel_initializer=init(1), name="conv1")(inputs)
-  x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu",
-                          kernel_initializer=init(2), name="conv2")(x)
-  x = keras.layers.Flatten(name="flatten")(x)
-  x = keras.layers.Dense(128, activation="relu", kernel_initializer=init(3), name="dense1")(x)
-  logits = keras.layers.Dense(_DIGITS_NUM_CLASSES, kernel_initializer=init(4), name="logits")(x)
-  return keras.Model(inputs, logits, name="digits_cnn")
-
-
-def _digits_eval_cnn(image_size: int, seed: int) -> keras.Model:
-  """The evaluation classifier: 3 conv-BN-ReLU (32/2, 64/2, 128/2) - dense256 (ReLU) - dense10.
-
-  Deeper and wider than `_digits_cnn`, with batch norm (momentum 0.9, so that its moving
-  statistics converge within the few hundred training steps).
-  """
-  def init(index):
-    return keras.initializers.GlorotUniform(seed=seed * 100 + index)
-
-  inputs = keras.Input([image_size, image_size, 1], name="images")
-  x = inputs
-  for index, filters in enumerate((32, 64, 128), start=1):
-    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
-                            kernel_initializer=init(index), name=f"conv{index}")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{index}")(x)
-    x = keras.layers.ReLU(name=f"relu{index}")(x)
-  x = keras.layers.Flatten(name="flatten")(x)
-  x = keras.layers.Dense(256, activation="relu", kernel_initializer=init(4), name="embedding")(x)
-  logits = keras.layers.Dense(_DIGITS_NUM_CLASSES, kernel_initializer=init(5), name="logits")(x)
-  return keras.Model(inputs, logits, name="digits_eval_cnn")
-
-
-def _digits_classifier(name: str, architecture: Callable[[int, int], keras.Model], *, tag: str,
-                       epochs: int, image_size: int, weights: str | None, cache_dir: str | None,
-                       data_dir: str | None, seed: int) -> tuple[keras.Model, dict[str, Any]]:
-  """Returns a digits classifier: random, from a file, or trained on first use and cached."""
-  if weights == "imagenet":
-    raise errors.SltError(f"{name} has no ImageNet weights; pass {_weights_choices(name)}.")
-  classifier = architecture(image_size, seed)
-  if weights is None:
-    return classifier, {"weights": "random", "seed": seed}
-  if weights != "default":
-    path = _check_weights_file(weights, name)
-    _load_weights_file(classifier, path)
-    return classifier, {"weights": path}
-
-  cache_dir = os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR)
-  stem = os.path.join(cache_dir, f"{name}-{tag}-e{epochs}-size{image_size}-seed{seed}")
-  weights_path, info_path = stem + ".weights.h5", stem + ".json"
-  if os.path.exists(weights_path) and os.path.exists(info_path):
-    try:
-      classifier.load_weights(weights_path)
-      with open(info_path) as f:
-        info = json.load(f)
-      logging.info("Loaded %s from %s (held-out accuracy %.4f).", name, weights_path,
-                   info["test_accuracy"])
-      return classifier, info
-    except (OSError, ValueError, KeyError) as e:
-      logging.warning("Cached %s at %s is unreadable (%s: %s); training it again.", name,
-                      weights_path, type(e).__name__, e)
-      classifier = architecture(image_size, seed)
-
-  if tf.distribute.has_strategy():
-    raise errors.SltError(
-        f"{name} is not in the cache {cache_dir} and must be trained outside a tf.distribute "
-        "strategy scope (its weights would depend on the replicas); build it once outside the "
-        "scope, later builds load the cache.")
-  info = _train_digits_classifier(classifier, name=name, epochs=epochs, image_size=image_size,
-                                  data_dir=data_dir, seed=seed)
-  info.update(weights=weights_path, architecture=tag)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp_stem = f"{stem}.tmp-{os.getpid()}"
-  classifier.save_weights(tmp_stem + ".weights.h5")
-  with open(tmp_stem + ".json", "w") as f:
-    json.dump(info, f, indent=2, sort_keys=True)
-  os.replace(tmp_stem + ".weights.h5", weights_path)
-  os.replace(tmp_stem + ".json", info_path)
-  return classifier, info
-
-
-def _train_digits_classifier(classifier: keras.Model, *, name: str, epochs: int, image_size: int,
-                             data_dir: str | None, seed: int) -> dict[str, Any]:
-  """Trains on digits/train (seeded order, op determinism), returns the held-out accuracy info."""
-  from slt_tf import data  # pylint: disable=g-import-not-at-top  # TFDS only when training.
-
-  start = time.time()
-  train = data.load_images("digits", "train", image_size=image_size, batch_size=_DIGITS_BATCH_SIZE,
-                           data_dir=data_dir, with_labels=True, shuffle=True, seed=seed)
-  test = data.load_images("digits", "test", image_size=image_size, batch_size=256,
-                          data_dir=data_dir, with_labels=True)
-  classifier.compile(
-      optimizer=keras.optimizers.Adam(_DIGITS_LEARNING_RATE),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=["accuracy"], jit_compile=False)
-  with classifiers.deterministic_ops():
-    history = classifier.fit(train, epochs=epochs, shuffle=False, verbose=0)
-  test_accuracy, test_examples = classifiers.accuracy(classifier, test)
-  info = {
-      "network": name, "image_size": image_size, "seed": seed, "epochs": epochs,
-      "train_accuracy": float(history.history["accuracy"][-1]),
-      "test_accuracy": test_accuracy, "test_examples": test_examples,
-      "training_seconds": round(time.time() - start, 2),
-  }
-  logging.info("Trained %s on digits/train in %.1f s: held-out (digits/test) accuracy %.4f.",
-               name, info["training_seconds"], info["test_accuracy"])
-  return info

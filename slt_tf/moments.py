@@ -3,15 +3,10 @@
 The GFMN moment-matching loss (dos Santos et al., ICCV 2019, Sec. 3) compares the per-feature
 mean and variance of a frozen network's features on generated images with the same statistics
 over the whole real training set. The real statistics are computed once per (dataset, network)
-and cached; the cache key always contains the network's weight fingerprint, so a stale file is
-never reused for different weights.
+and cached (`slt_tf.array_cache`); the cache key always contains the network's weight
+fingerprint, so a stale file is never reused for different weights.
 """
 
-import hashlib
-import json
-import os
-import tempfile
-import zipfile
 from typing import Any
 
 from absl import logging
@@ -19,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from slt_tf import array_cache
 from slt_tf import errors
 from slt_tf import features
 
@@ -91,20 +87,6 @@ class RunningMoments:
     return self._m2 / self.count
 
 
-def cache_key(**parts: Any) -> str:
-  """Returns the sha256 hex digest of the sorted-key JSON of `parts` (JSON-serialisable values)."""
-  return hashlib.sha256(_canonical_json(parts).encode("utf-8")).hexdigest()
-
-
-def _canonical_json(parts: dict[str, Any]) -> str:
-  try:
-    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
-  except TypeError as e:
-    raise errors.SltError(
-        f"Cache key parts must be JSON values (str, int, float, bool, None, lists, dicts): {e}"
-    ) from e
-
-
 def _full_key_parts(network: features.FeatureNetwork, key_parts: dict[str, Any]) -> dict[str, Any]:
   """Adds the network's name and fingerprint to the caller's key parts."""
   parts = dict(key_parts)
@@ -115,48 +97,22 @@ def _full_key_parts(network: features.FeatureNetwork, key_parts: dict[str, Any])
           f"key_parts[{name!r}] = {parts[name]!r} disagrees with the network's {value!r}; "
           "leave it out, real_feature_moments adds it.")
     parts[name] = value
-  # Round trip so that the stored and the requested parts compare equal (tuples become lists).
-  return json.loads(_canonical_json(parts))
+  return parts
 
 
-def _load_cache(path: str, parts: dict[str, Any], feature_dim: int):
+def _load_cache(cache: array_cache.CacheFile, feature_dim: int):
   """Returns (mean, variance) from a valid cache file, or None if it must be recomputed."""
-  try:
-    with np.load(path, allow_pickle=False) as stored:
-      stored_parts = json.loads(str(stored["key_parts"]))
-      mean, variance = stored["mean"], stored["variance"]
-      count = int(stored["count"])
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    logging.warning("Moments cache %s is unreadable (%s: %s); recomputing.", path,
-                    type(e).__name__, e)
+  stored = cache.load()
+  if stored is None:
     return None
-  if stored_parts != parts:
-    logging.warning("Moments cache %s was written for other key parts %s; recomputing.", path,
-                    stored_parts)
+  mean, variance, count = stored.get("mean"), stored.get("variance"), stored.get("count")
+  if (mean is None or variance is None or count is None or mean.shape != (feature_dim,) or
+      variance.shape != (feature_dim,) or int(count) < 1):
+    logging.warning("Moments cache %s does not hold a mean and variance of %d features; "
+                    "recomputing.", cache.path, feature_dim)
     return None
-  if mean.shape != (feature_dim,) or variance.shape != (feature_dim,) or count < 1:
-    logging.warning("Moments cache %s holds shapes %s/%s and count %d, expected [%d]; recomputing.",
-                    path, mean.shape, variance.shape, count, feature_dim)
-    return None
-  logging.info("Loaded real feature moments of %d examples from %s.", count, path)
+  logging.info("Loaded real feature moments of %d examples from %s.", int(count), cache.path)
   return mean, variance
-
-
-def _save_cache(path: str, parts: dict[str, Any], moments: RunningMoments) -> None:
-  """Writes the cache atomically (temporary file in the same directory, then os.replace)."""
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".moments-", suffix=".npz.tmp")
-  try:
-    with os.fdopen(handle, "wb") as f:
-      np.savez(f, mean=moments.mean, variance=moments.variance,
-               count=np.int64(moments.count), key_parts=np.array(_canonical_json(parts)))
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-  logging.info("Saved real feature moments of %d examples to %s.", moments.count, path)
 
 
 def real_feature_moments(network: features.FeatureNetwork, images: tf.data.Dataset, *,
@@ -170,7 +126,8 @@ def real_feature_moments(network: features.FeatureNetwork, images: tf.data.Datas
     network: the frozen feature network.
     images: batches of float32 [B, H, W, C] images in [-1, 1], or (images, labels) tuples.
       Iterated once, in full (do not pass a repeating dataset).
-    cache_dir: directory of `moments-<key>.npz` files; None disables caching.
+    cache_dir: directory of `moments-<sha256>.npz` files (`slt_tf.array_cache`); None disables
+      caching.
     key_parts: JSON values identifying the data (dataset, split, image_size, data_dir, ...).
       The network's name and fingerprint are always added.
     progress: show a keras Progbar during the pass.
@@ -179,13 +136,12 @@ def real_feature_moments(network: features.FeatureNetwork, images: tf.data.Datas
     (mean, variance): float32 [feature_dim] each; population variance (ddof=0).
   """
   parts = _full_key_parts(network, key_parts)
-  path = None
+  cache = None
   if cache_dir is not None:
-    path = os.path.join(os.path.expanduser(cache_dir), f"moments-{cache_key(**parts)}.npz")
-    if os.path.exists(path):
-      cached = _load_cache(path, parts, network.feature_dim)
-      if cached is not None:
-        return cached[0].astype(np.float32), cached[1].astype(np.float32)
+    cache = array_cache.cache_file(cache_dir, "moments-", parts)
+    cached = _load_cache(cache, network.feature_dim)
+    if cached is not None:
+      return cached[0].astype(np.float32), cached[1].astype(np.float32)
 
   cardinality = int(images.cardinality())
   if cardinality == tf.data.INFINITE_CARDINALITY:
@@ -206,6 +162,8 @@ def real_feature_moments(network: features.FeatureNetwork, images: tf.data.Datas
     raise errors.SltError("real_feature_moments got an empty dataset; expected at least one image.")
   logging.info("Real feature moments: %d examples, %d features (%s).", moments.count,
                network.feature_dim, network.name)
-  if path is not None:
-    _save_cache(path, parts, moments)
+  if cache is not None:
+    cache.save({"mean": moments.mean, "variance": moments.variance,
+                "count": np.int64(moments.count)})
+    logging.info("Saved real feature moments of %d examples to %s.", moments.count, cache.path)
   return moments.mean.astype(np.float32), moments.variance.astype(np.float32)

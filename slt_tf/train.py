@@ -217,15 +217,14 @@ def prepare_inputs(config) -> None:
     names.append(config.eval.network or evaluation.default_eval_network(config.dataset.name))
   for name in names:
     if name in classifiers.RECIPES:
-      classifiers.prepare(name, config.dataset.image_size, cache_dir=_cache_dir(config),
-                          data_dir=config.dataset.data_dir or None)
+      classifiers.prepare(name, config.dataset.image_size, seed=config.seed,
+                          cache_dir=_cache_dir(config), data_dir=config.dataset.data_dir or None)
 
 
 def feature_network(config, channels: int):
   return features.build_feature_network(
       config.features.name, image_size=config.dataset.image_size, channels=channels,
-      weights=_weights(config.features.weights), cache_dir=_cache_dir(config),
-      data_dir=config.dataset.data_dir or None, seed=config.seed)
+      weights=_weights(config.features.weights), cache_dir=_cache_dir(config), seed=config.seed)
 
 
 def real_moments(config, network) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,17 @@
-"""Tests of the frozen feature and evaluation networks (random weights; digits trained once)."""
+"""Tests of the frozen feature and evaluation networks (random weights; digits prepared once)."""
 
 import json
 import os
+import random
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_framework_config
 
 import slt_tf  # pylint: disable=unused-import  # Sets the keras backend first.
+from slt_tf import classifiers
 from slt_tf import errors
 from slt_tf import features
 
@@ -169,24 +172,48 @@ def digits_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("slt_tf_cache"))
 
 
+def _global_state():
+  return (random.getstate(), np.random.get_state()[1].tobytes(),
+          tf_framework_config.is_op_determinism_enabled())
+
+
 @pytest.fixture(scope="module")
-def trained_digits_cnn(digits_cache):
+def prepared_digits(digits_cache):
+  """Trains both digits classifiers (the explicit step) and records the global state around it."""
+  before = _global_state()
+  infos = {name: classifiers.prepare(name, _DIGITS_SIZE, seed=0, cache_dir=digits_cache,
+                                     verbose=0)
+           for name in ("digits_cnn", "digits_eval_cnn")}
+  return infos, before, _global_state()
+
+
+@pytest.fixture(scope="module")
+def trained_digits_cnn(digits_cache, prepared_digits):
   return features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
                                         cache_dir=digits_cache, seed=0)
 
 
 @pytest.fixture(scope="module")
-def trained_digits_eval_cnn(digits_cache):
+def trained_digits_eval_cnn(digits_cache, prepared_digits):
   return features.build_eval_network("digits_eval_cnn", image_size=_DIGITS_SIZE, channels=1,
                                      cache_dir=digits_cache)
 
 
+def test_preparing_the_digits_classifiers_leaves_python_numpy_and_tf_global_state_unchanged(
+    prepared_digits):
+  _, before, after = prepared_digits
+  assert before == after
+
+
 def test_digits_cnn_trains_on_digits_train_and_classifies_held_out_digits(trained_digits_cnn,
+                                                                          prepared_digits,
                                                                           digits_cache):
   info = trained_digits_cnn.info
+  assert info == prepared_digits[0]["digits_cnn"]
   assert info["test_examples"] == 300
   assert info["test_accuracy"] >= 0.95
-  stem = os.path.join(digits_cache, f"digits_cnn-c32s2-c64s2-d128-e10-size{_DIGITS_SIZE}-seed0")
+  stem = os.path.join(digits_cache,
+                      f"digits_cnn-c32s2-c64s2-d128-e10-b64-size{_DIGITS_SIZE}-seed0")
   assert info["weights"] == stem + ".weights.h5" and os.path.isfile(stem + ".weights.h5")
   with open(stem + ".json") as f:
     assert json.load(f)["test_accuracy"] == info["test_accuracy"]
@@ -232,13 +259,43 @@ def test_digits_eval_cnn_is_a_different_trained_classifier_with_embedding_and_lo
   _assert_frozen(network)
 
 
-def test_digits_cnn_refuses_to_train_inside_a_distribution_scope_but_loads_the_cache_there(
+@pytest.mark.parametrize("build", [
+    lambda cache_dir: features.build_feature_network(
+        "digits_cnn", image_size=_DIGITS_SIZE, channels=1, cache_dir=cache_dir, seed=3),
+    lambda cache_dir: features.build_eval_network(
+        "digits_eval_cnn", image_size=_DIGITS_SIZE, channels=1, cache_dir=cache_dir)])
+def test_building_an_unprepared_digits_network_only_loads_and_names_the_command_to_prepare_it(
+    build, tmp_path):
+  with pytest.raises(errors.SltError) as raised:
+    build(str(tmp_path))
+  message = str(raised.value)
+  assert "\n" not in message and "not trained yet" in message
+  assert "python -m bin.train_classifiers --dataset=digits --image_size=16" in message
+  assert os.listdir(tmp_path) == []  # Nothing was trained or written.
+
+
+def test_unreadable_cached_classifier_is_a_one_line_error_when_built_and_retrained_by_prepare(
+    prepared_digits, digits_cache, tmp_path):
+  info = prepared_digits[0]["digits_eval_cnn"]
+  for suffix in (".weights.h5", ".json"):
+    source = info["weights"].replace(".weights.h5", suffix)
+    with open(source, "rb") as f:
+      data = f.read()
+    (tmp_path / os.path.basename(source)).write_bytes(data if suffix == ".json" else b"garbage")
+  with pytest.raises(errors.SltError, match="unreadable.*bin.train_classifiers"):
+    features.build_eval_network("digits_eval_cnn", image_size=_DIGITS_SIZE, channels=1,
+                                cache_dir=str(tmp_path))
+  retrained = classifiers.prepare("digits_eval_cnn", _DIGITS_SIZE, cache_dir=str(tmp_path),
+                                  verbose=0)
+  assert retrained["test_accuracy"] == info["test_accuracy"]  # Deterministic: the same weights.
+
+
+def test_digits_classifiers_refuse_to_train_inside_a_distribution_scope_but_load_there(
     trained_digits_cnn, digits_cache, tmp_path):
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   with strategy.scope():
     with pytest.raises(errors.SltError, match="outside a tf.distribute strategy scope"):
-      features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
-                                     cache_dir=str(tmp_path), seed=0)
+      classifiers.prepare("digits_cnn", _DIGITS_SIZE, seed=0, cache_dir=str(tmp_path))
     loaded = features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
                                             cache_dir=digits_cache, seed=0)
   assert loaded.fingerprint == trained_digits_cnn.fingerprint
