@@ -3,7 +3,7 @@
   python -m bench.evaluation [--num_samples=10000 --image_size=32 --prdc_samples=10000]
 
 1. Streams `num_samples` images of a random DCGAN generator (a ticket at keep 0.1) through a
-   random-weight digits_eval_cnn with `evaluation.generated_activations`, and prints the
+   random-weight digits_eval_cnn with `activations.generated_activations`, and prints the
    samples per second and the growth of peak resident memory next to the bytes that holding
    every image at once would take. Streaming keeps the growth independent of num_samples
    (only the activations grow); for tiny digits images the growth is TensorFlow's working
@@ -23,9 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 import slt_tf  # pylint: disable=unused-import
+from slt_tf import activations
 from slt_tf import evaluation
 from slt_tf import features
 from slt_tf import generators
+from slt_tf import metrics
 from slt_tf import sampling
 
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10000, "Generated samples to stream.")
@@ -57,7 +59,7 @@ def bench_streaming() -> None:
   generate_batch(0, _BATCH.value)  # Traces outside the measurement.
   before = evaluation.peak_memory_mb()
   start = time.perf_counter()
-  embeddings, _ = evaluation.generated_activations(
+  embeddings, _ = activations.generated_activations(
       generate_batch, network, num_samples=_NUM_SAMPLES.value, batch_size=_BATCH.value,
       progress=False)
   seconds = time.perf_counter() - start
@@ -76,16 +78,16 @@ def bench_metrics() -> None:
   fake = np.abs(rng.standard_normal((n, dim), dtype=np.float32)) + np.float32(0.01)
   before = evaluation.peak_memory_mb()
   start = time.perf_counter()
-  result = evaluation.prdc(real, fake, 5)
+  result = metrics.prdc(real, fake, 5)
   seconds = time.perf_counter() - start
   print(f"prdc: n={n} dim={dim} in {seconds:.1f} s; peak RSS growth "
         f"{evaluation.peak_memory_mb() - before:.0f} MiB vs {_mib(8 * n * n):.0f} MiB for one "
         f"full float64 distance matrix; {result}")
   start = time.perf_counter()
-  fid = evaluation.fid(real, fake)
+  fid = metrics.fid(real, fake)
   fid_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  kid, _ = evaluation.kid(real, fake)
+  kid, _ = metrics.kid(real, fake)
   print(f"fid={fid:.4f} in {fid_seconds:.1f} s; kid={kid:.5f} in "
         f"{time.perf_counter() - start:.1f} s")
 

@@ -26,7 +26,9 @@ import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import numpy as np  # pylint: disable=g-bad-import-order
 import tensorflow as tf
 
+from slt_tf import activations
 from slt_tf import evaluation
+from slt_tf import metrics
 from slt_tf import sampling
 from slt_tf.export import bake
 from slt_tf.export import servable
@@ -130,17 +132,17 @@ def main(argv):
       indices = tf.range(start, start + size, dtype=tf.int64)
       return generate(sampling.latents(indices, latent_dim,
                                        evaluation.EVAL_LATENT_STREAM).numpy())
-    return evaluation.generated_activations(
+    return activations.generated_activations(
         generate_batch, evaluator.eval_network, num_samples=_NUM_SAMPLES.value,
         batch_size=250, progress=False)[0]
 
   saved_model_act = activations(lambda z: serving(z=tf.constant(z))["images"])
-  fid_real = {"SavedModel": evaluation.fid(evaluator.real_embeddings, saved_model_act)}
+  fid_real = {"SavedModel": metrics.fid(evaluator.real_embeddings, saved_model_act)}
   fid_float = {"SavedModel": 0.0}
   for name, runner in runners.items():
     act = activations(runner)
-    fid_real[name] = evaluation.fid(evaluator.real_embeddings, act)
-    fid_float[name] = evaluation.fid(saved_model_act, act)
+    fid_real[name] = metrics.fid(evaluator.real_embeddings, act)
+    fid_float[name] = metrics.fid(saved_model_act, act)
 
   print(f"\n| model | CPU latency per sample (ms, median of {_REPETITIONS.value} x "
         f"{_CALLS.value}) | max abs diff vs SavedModel ({_NUM_AGREEMENT.value} samples) | "

@@ -79,8 +79,8 @@ def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size
 
   The generator runs in inference mode (batch-norm moving statistics) on the fixed latents of
   `evaluation.EVAL_LATENT_STREAM`; images are quantised to uint8 like the real ones, and
-  only their activations are kept (`evaluation.generated_activations`). Real activations of
-  the held-out split are cached (`evaluation.real_activations`).
+  only their activations are kept (`activations.generated_activations`). Real activations of
+  the held-out split are cached (`activations.real_activations`).
 
   Args:
     workdir: a run directory of bin/find_ticket.

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from slt_tf import activations
 from slt_tf import evaluation
 from slt_tf import features
 from slt_tf import fid_inception
 from slt_tf import generators
+from slt_tf import images as images_lib
 from slt_tf.errors import SltError
 
 
@@ -137,7 +139,7 @@ def test_the_evaluation_pipeline_names_the_network(state, tmp_path):
   spec = generators.GeneratorSpec(name="dcgan", image_size=8, channels=3, latent_dim=8,
                                   filters=(8, 4))
   rng = np.random.default_rng(3)
-  real = evaluation.dequantize(evaluation.quantize_to_uint8(
+  real = activations.dequantize(images_lib.to_uint8(
       tf.constant(rng.uniform(-1, 1, (10, 8, 8, 3)), tf.float32)))
   real_embeddings, real_logits = network(real)
   evaluator = evaluation.Evaluator(network, np.asarray(real_embeddings, np.float64),

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import slt_tf  # pylint: disable=unused-import  # Sets the keras backend first.
+from slt_tf import array_cache
 from slt_tf import errors
 from slt_tf import features
 from slt_tf import moments
@@ -84,11 +85,11 @@ def test_empty_accumulator_has_no_mean_or_variance():
 
 
 def test_cache_key_ignores_argument_order_and_changes_with_any_value():
-  assert moments.cache_key(a=1, b="x") == moments.cache_key(b="x", a=1)
-  assert moments.cache_key(a=1, b="x") != moments.cache_key(a=2, b="x")
-  assert moments.cache_key(a=1, b="x") != moments.cache_key(a=1, b="x", c=None)
+  assert array_cache.cache_key(a=1, b="x") == array_cache.cache_key(b="x", a=1)
+  assert array_cache.cache_key(a=1, b="x") != array_cache.cache_key(a=2, b="x")
+  assert array_cache.cache_key(a=1, b="x") != array_cache.cache_key(a=1, b="x", c=None)
   with pytest.raises(errors.SltError, match="JSON"):
-    moments.cache_key(a=object())
+    array_cache.cache_key(a=object())
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +136,9 @@ def test_cache_file_holds_key_parts_with_fingerprint_and_loads_without_pickle(ne
   [name] = os.listdir(tmp_path)
   parts = dict(_KEY, feature_network=network.name,
                feature_network_fingerprint=network.fingerprint)
-  assert name == f"moments-{moments.cache_key(**parts)}.npz"
+  assert name == f"moments-{array_cache.cache_key(**parts)}.npz"
   with np.load(tmp_path / name, allow_pickle=False) as stored:
-    assert json.loads(str(stored["key_parts"])) == parts
+    assert json.loads(str(stored["key"])) == parts
     assert int(stored["count"]) == len(images)
     np.testing.assert_allclose(stored["mean"], mean, rtol=1e-6)
     np.testing.assert_allclose(stored["variance"], variance, rtol=1e-6)
@@ -199,7 +200,7 @@ def test_cache_file_written_for_other_key_parts_is_not_trusted(network, tmp_path
                                progress=False)
   [name] = os.listdir(tmp_path)
   other_key = dict(_KEY, split="test")
-  other_name = "moments-" + moments.cache_key(
+  other_name = "moments-" + array_cache.cache_key(
       **other_key, feature_network=network.name, feature_network_fingerprint=network.fingerprint)
   os.replace(tmp_path / name, tmp_path / f"{other_name}.npz")
   mean, _ = moments.real_feature_moments(network, _dataset(second), cache_dir=str(tmp_path),
