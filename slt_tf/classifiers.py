@@ -317,7 +317,8 @@ def prepare(name: str, image_size: int, *, seed: int = 0, cache_dir: str | None 
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"], jit_compile=False)
   with deterministic_ops():
-    history = model.fit(train, epochs=recipe.epochs, verbose=verbose)
+    history = model.fit(train, epochs=recipe.epochs, shuffle=False,  # `train` is shuffled.
+                        verbose=verbose)
   test_accuracy, test_examples = accuracy(model, test)
   info = {"network": name, "dataset": recipe.dataset, "architecture": recipe.tag,
           "image_size": image_size, "seed": seed, "epochs": recipe.epochs,

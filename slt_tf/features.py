@@ -208,18 +208,22 @@ def _weights_choices(name: str) -> str:
 
 
 def _load_weights_file(model: keras.Model, path: str) -> None:
-  """Loads a weights file into `model`: keras 3 format, or a legacy keras .h5 file.
-
-  Legacy files are loaded in topological order of the layers with weights, as keras does, but
-  a file with MORE layers is accepted when its first layers match: so the full ImageNet file
-  (with the classifier head) also serves a model without the head.
-  """
-  if path.endswith((".keras", ".weights.h5")):
-    try:
-      model.load_weights(path)
-    except ValueError as e:
-      raise errors.SltError(f"Weights file {path} does not fit this network: {_one_line(e)}") from e
+  """Loads a weights file into `model` with Keras' own `load_weights` (.keras, .weights.h5, or a
+  legacy keras .h5 file), and accepts the one file Keras refuses that we need: a legacy .h5 file
+  with MORE layers whose first layers match (`_load_leading_layers`)."""
+  try:
+    model.load_weights(path)
     return
+  except (ValueError, KeyError) as e:
+    if path.endswith((".keras", ".weights.h5")):
+      raise errors.SltError(f"Weights file {path} does not fit this network: {_one_line(e)}") from e
+  _load_leading_layers(model, path)
+
+
+def _load_leading_layers(model: keras.Model, path: str) -> None:
+  """Loads a legacy keras .h5 file holding more layers than `model`, in keras' topological
+  order: so the full ImageNet file (with the classifier head) also serves a model without the
+  head, which `load_weights` refuses (its layer counts differ)."""
   with h5py.File(path, "r") as f:
     group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
     if "layer_names" not in group.attrs:

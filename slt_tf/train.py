@@ -201,7 +201,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool
 
 
 def _cache_dir(config) -> str:
-  return config.features.cache_dir or os.path.expanduser("~/.cache/slt_tf")
+  return config.features.cache_dir or os.path.expanduser(classifiers.DEFAULT_CACHE_DIR)
 
 
 def _weights(value: str):
