@@ -87,8 +87,8 @@ class Evaluator:
       raise SltError("the generator's images give nan or inf activations; the generator "
                      "outputs non-finite values.")
     result: dict[str, Any] = dict(self.info)
-    result.update(metrics_lib.compute_metrics(self.real_embeddings, self.real_logits, fake_embeddings,
-                                  fake_logits))
+    result.update(metrics_lib.compute_metrics(self.real_embeddings, self.real_logits,
+                                              fake_embeddings, fake_logits))
     result.update(
         num_samples=self.num_samples, num_real=int(len(self.real_embeddings)),
         eval_network=self.eval_network.name,
@@ -112,8 +112,8 @@ def real_reference_metrics(evaluator: Evaluator, images_dataset: tf.data.Dataset
       quantised, evaluator.eval_network, num_samples=num_samples, cache_dir=None, key_parts={},
       progress=False)
   result: dict[str, Any] = dict(evaluator.info)
-  result.update(metrics_lib.compute_metrics(evaluator.real_embeddings, evaluator.real_logits, embeddings,
-                                logits))
+  result.update(metrics_lib.compute_metrics(evaluator.real_embeddings, evaluator.real_logits,
+                                            embeddings, logits))
   result.update(num_samples=num_samples, num_real=int(len(evaluator.real_embeddings)),
                 eval_network=evaluator.eval_network.name)
   return result

@@ -1,4 +1,4 @@
-"""Sample-quality metrics on activations: FID, KID, Inception score, precision/recall/density/coverage.
+"""Sample-quality metrics on activations: FID, KID, Inception score, PRDC.
 
 Pure functions of activation matrices (an evaluation network's embeddings [N, D] and logits
 [N, K], see `slt_tf.activations`), never of images. FID, KID and the Inception score are
