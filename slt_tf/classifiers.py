@@ -207,8 +207,8 @@ def _check_name(name: str) -> Recipe:
 
 def recipe_seed(name: str, seed: int = 0) -> int:
   """The seed `name` is built and trained with: its recipe's, or the run's `seed` if it has none."""
-  recipe_seed_value = _check_name(name).seed
-  return seed if recipe_seed_value is None else recipe_seed_value
+  own_seed = _check_name(name).seed
+  return seed if own_seed is None else own_seed
 
 
 def _paths(name: str, image_size: int, cache_dir: str | None, seed: int) -> tuple[str, str]:
@@ -230,10 +230,11 @@ def is_prepared(name: str, image_size: int, cache_dir: str | None, seed: int = 0
   return all(tf.io.gfile.exists(path) for path in _paths(name, image_size, cache_dir, seed))
 
 
-def _prepare_command(name: str, image_size: int, seed: int) -> str:
-  seed_flag = f" --seed={seed}" if RECIPES[name].seed is None and seed else ""
+def _prepare_command(name: str, image_size: int, cache_dir: str | None, seed: int) -> str:
+  flags = f" --seed={seed}" if RECIPES[name].seed is None and seed else ""
+  flags += f" --cache_dir={cache_dir}" if cache_dir else ""
   return (f"python -m bin.train_classifiers --dataset={RECIPES[name].dataset} "
-          f"--image_size={image_size}{seed_flag}")
+          f"--image_size={image_size}{flags}")
 
 
 def load(name: str, image_size: int, cache_dir: str | None,
@@ -247,10 +248,10 @@ def load(name: str, image_size: int, cache_dir: str | None,
     seed: the run's seed; only recipes without a seed of their own (digits_cnn) use it.
   """
   weights_path, info_path = _paths(name, image_size, cache_dir, seed)
+  command = _prepare_command(name, image_size, cache_dir, seed)
   if not is_prepared(name, image_size, cache_dir, seed):
-    raise errors.SltError(
-        f"{name} is not trained yet ({weights_path} is missing): bin/find_ticket and "
-        f"bin/evaluate train it first, or run `{_prepare_command(name, image_size, seed)}`")
+    raise errors.SltError(f"{name} is not trained yet ({weights_path} is missing): "
+                          f"bin/find_ticket and bin/evaluate train it first, or run `{command}`")
   model = build(name, image_size, seed)
   try:
     model.load_weights(weights_path)
@@ -259,7 +260,7 @@ def load(name: str, image_size: int, cache_dir: str | None,
   except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
     raise errors.SltError(
         f"cached {name} at {weights_path} is unreadable ({type(e).__name__}); run "
-        f"`{_prepare_command(name, image_size, seed)}` to train it again") from e
+        f"`{command}` to train it again") from e
   logging.info("Loaded %s from %s (held-out accuracy %.4f).", name, weights_path,
                info.get("test_accuracy", float("nan")))
   return model, info
