@@ -28,8 +28,8 @@ import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import numpy as np  # pylint: disable=g-bad-import-order
 import tensorflow as tf
 
-from export import bake
-from export import servable
+from slt_tf.export import bake
+from slt_tf.export import servable
 from slt_tf import generators
 from slt_tf import sampling
 from slt_tf import ticket as ticket_lib

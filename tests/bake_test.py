@@ -1,4 +1,4 @@
-"""Tests for export/bake.py: masks baked into the plain twin, from a workdir or a ticket file."""
+"""Tests for slt_tf/export/bake.py: masks baked into the plain twin, from a workdir or a ticket file."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from configs import test as test_config
-from export import bake
+from slt_tf.export import bake
 from slt_tf import errors
 from slt_tf import generators
 from slt_tf import layers

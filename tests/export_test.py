@@ -2,9 +2,11 @@
 loaded in a fresh process, and the serving client against a baked export."""
 
 import collections
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import numpy as np  # pylint: disable=g-bad-import-order
@@ -13,15 +15,15 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from configs import test as test_config
-from export import bake
-from export import client
-from export import model_server
-from export import servable
 from slt_tf import errors
 from slt_tf import images
 from slt_tf import sampling
 from slt_tf import ticket as ticket_lib
 from slt_tf import train
+from slt_tf.export import bake
+from slt_tf.export import client
+from slt_tf.export import servable
+from tests import serving_double
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 4
@@ -260,27 +262,25 @@ def test_dense_checkpoint_exports_its_trained_generator(runs, fresh):
 # ---------------------------------------------------------------------------------- serving
 
 
-def test_model_server_serves_the_baked_export_over_grpc_and_rest(runs, fresh):
+def test_the_baked_export_serves_the_same_images_over_grpc_and_rest(runs, fresh):
   model_base_path = os.path.join(runs["export_base"], "slt")
-  server = model_server.ModelServer(model_base_path, model_name="slt")
-  grpc_port, rest_port = server.start()
-  try:
+  with serving_double.ModelServer(model_base_path, model_name="slt") as server:
+    grpc_port, rest_port = server.start()
     seeds = SEEDS[:3]
-    expected = client.generate_local(model_base_path, seeds=seeds)
+    expected = client.generate(saved_model=model_base_path, seeds=seeds)
     np.testing.assert_array_equal(expected, fresh["checkpoint"]["uint8"][:3])
     for signature in client.SEED_SIGNATURES:
-      np.testing.assert_array_equal(
-          client.generate_grpc(f"127.0.0.1:{grpc_port}", "slt", seeds=seeds,
-                               signature=signature), expected)
-      np.testing.assert_array_equal(
-          client.generate_rest(f"http://127.0.0.1:{rest_port}", "slt", seeds=seeds,
-                               signature=signature), expected)
-    answer = client.predict_rest(f"http://127.0.0.1:{rest_port}", "slt",
-                                 {"instances": fresh["z"][:2].tolist()})
-    np.testing.assert_allclose(np.array(answer["predictions"]), fresh["checkpoint"]["float"][:2],
+      for source in ({"grpc_address": f"127.0.0.1:{grpc_port}"},
+                     {"server": f"http://127.0.0.1:{rest_port}"}):
+        np.testing.assert_array_equal(
+            client.generate(seeds=seeds, signature=signature, **source), expected)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{rest_port}/v1/models/slt:predict", method="POST",
+        data=json.dumps({"instances": fresh["z"][:2].tolist()}).encode())
+    with urllib.request.urlopen(request, timeout=60) as answer:
+      predictions = json.loads(answer.read())["predictions"]
+    np.testing.assert_allclose(np.array(predictions), fresh["checkpoint"]["float"][:2],
                                rtol=1e-6, atol=1e-6)
-  finally:
-    server.stop()
 
 
 # ----------------------------------------------------------------------------------- errors

@@ -78,7 +78,7 @@ def test_wheel_installs_only_slt_tf_and_its_scripts_run_outside_the_repo(tmp_pat
   subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
                   "install", "-q", "--no-deps", wheel], check=True, capture_output=True,
                  timeout=600)
-  assert not {"bin", "configs", "export", "tests", "bench"} & set(os.listdir(venv_site))
+  assert not {"bin", "configs", "tests", "bench"} & set(os.listdir(venv_site))
   outside = tmp_path / "elsewhere"
   outside.mkdir()
   # A fresh $HOME: the default caches, writable where the real one is not (Bazel's sandbox).

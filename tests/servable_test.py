@@ -1,4 +1,4 @@
-"""Tests for export/servable.py: TF Serving layout, signatures, warmup records, versions."""
+"""Tests for slt_tf/export/servable.py: TF Serving layout, signatures, warmup records, versions."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from export import servable
+from slt_tf.export import servable
 from slt_tf import errors
 from slt_tf import images
 from slt_tf import sampling

@@ -6,9 +6,9 @@ Usage:
   bazel test //tests:build_coverage_test                # the same check as a test
 
 It fails (exit code 1) listing, with a ready-to-paste BUILD stanza each:
-  1. every `.py` file (slt_tf/, export/, bin/, configs/, bench/, tools/, tests/, conftest.py...)
+  1. every `.py` file (slt_tf/, bin/, configs/, bench/, tools/, tests/, conftest.py...)
      that no `srcs`, `main` or `data` entry of any BUILD file names (directly or by glob);
-  2. every first-party import (`slt_tf`, `export`, `bin`, `configs`, `tests`, `tools`) of a
+  2. every first-party import (`slt_tf`, `bin`, `configs`, `tests`, `tools`) of a
      target's sources whose target is missing from that target's `deps` (direct deps, like
      Google's layering check: a module you import is a target you depend on); a string that
      is exactly a first-party module name ("bin.find_ticket", as in `python -m bin.x`) counts
@@ -33,7 +33,7 @@ import sys
 from typing import Iterable, Optional
 
 BUILD_NAMES = ("BUILD", "BUILD.bazel")
-FIRST_PARTY = ("slt_tf", "export", "bin", "configs", "tests", "tools", "bench")
+FIRST_PARTY = ("slt_tf", "bin", "configs", "tests", "tools", "bench")
 _SKIPPED_DIRS = ("third_party", "runs", "__pycache__", "node_modules", "build")
 _PY_RULES = ("py_library", "py_binary", "py_test", "pytest_test")
 _IMPORTABLE_RULES = ("py_library", "py_binary")

@@ -3,9 +3,10 @@ r"""Samples images from a served generator and writes a PNG grid or an .npz.
 Exactly one source:
   python -m bin.generate_samples --server=http://localhost:8501 --model_name=slt --out=grid.png
   python -m bin.generate_samples --grpc=localhost:8500 --model_name=slt --out=samples.npz
-  python -m bin.generate_samples --saved_model=export/slt/1 --num=16 --out=grid.png
+  python -m bin.generate_samples --saved_model=exported/slt/1 --num_samples=16 --out=grid.png
 
-Seeds are --seed .. --seed+--num-1; the same seeds give the same images from every source.
+Seeds are --seed .. --seed+--num_samples-1; the same seeds give the same images from every
+source. Serve the export with TensorFlow Serving (docs/serving.md).
 """
 
 from absl import flags
@@ -25,10 +26,11 @@ _MODEL_NAME = flags.DEFINE_string("model_name", "slt",
                                   "Model name on the server (--server, --grpc).")
 _VERSION = flags.DEFINE_integer(
     "version", None, "Model version to use; default: the latest one the server (or directory) has.")
-_NUM = flags.DEFINE_integer("num", 64, "Number of images (requests of at most the model's "
-                            "max_batch_size each).", lower_bound=1, upper_bound=65536)
-_SEED = flags.DEFINE_integer("seed", 0, "First seed; images use seeds seed .. seed+num-1 "
-                             "(int64, >= 0).", lower_bound=0)
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 64, "Number of images (requests of at most the model's max_batch_size each).",
+    lower_bound=1, upper_bound=65536)
+_SEED = flags.DEFINE_integer("seed", 0, "First seed; images use seeds seed .. "
+                             "seed+num_samples-1 (int64, >= 0).", lower_bound=0)
 _SIGNATURE = flags.DEFINE_enum(
     "signature", None, list(client.SEED_SIGNATURES),
     "Signature to call; default generate_png over REST (base64 PNGs, little JSON), "
@@ -41,7 +43,7 @@ _TIMEOUT = flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server."
 def main(argv):
   del argv
   client.check_output_path(_OUT.value, existing_directory=True)
-  seeds = client.seed_range(_SEED.value, _NUM.value)
+  seeds = client.seed_range(_SEED.value, _NUM_SAMPLES.value)
   images = client.generate(seeds=seeds, server=_SERVER.value, grpc_address=_GRPC.value,
                            saved_model=_SAVED_MODEL.value, model_name=_MODEL_NAME.value,
                            signature=_SIGNATURE.value, version=_VERSION.value,

@@ -234,7 +234,7 @@ def export(*, export_base: str, workdir: str | None = None, ticket_path: str | N
   """Bakes a workdir's latest checkpoint or a ticket file and writes it for TF Serving.
 
   Args:
-    export_base: E; the model goes to E/<model_name>/<version>/ (see export/servable.py).
+    export_base: E; the model goes to E/<model_name>/<version>/ (see slt_tf/export/servable.py).
     workdir: a bin/find_ticket workdir (exactly one of workdir and ticket_path).
     ticket_path: a ticket file.
     model_name: TF Serving model name.

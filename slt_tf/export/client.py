@@ -1,8 +1,9 @@
-"""Sample images from a served generator: TF Serving over REST or gRPC, or a local SavedModel.
+"""Sample images from a served generator: TensorFlow Serving over REST or gRPC, or a local
+SavedModel. What `bin/generate_samples` calls: `seed_range`, `generate`, `save_images`.
 
 Clients send integer seeds and get uint8 images (or PNG bytes) back, never float tensors as JSON
-(TF Serving #1991). All three paths give the same images for the same seeds, because z is drawn
-inside the SavedModel with `slt_tf.sampling.latents(seeds, latent_dim, stream=0)`.
+(TF Serving #1991). All three sources give the same images for the same seeds, because z is
+drawn inside the SavedModel with `slt_tf.sampling.latents(seeds, latent_dim, stream=0)`.
 """
 
 import base64
@@ -24,12 +25,87 @@ from slt_tf.export import servable
 from slt_tf import errors
 from slt_tf import images as images_lib
 
-REST_DEFAULT_SIGNATURE = servable.GENERATE_PNG
-GRPC_DEFAULT_SIGNATURE = servable.GENERATE_UINT8
 SEED_SIGNATURES = (servable.GENERATE_UINT8, servable.GENERATE_PNG)
-# gRPC clients refuse responses over 4 MB by default (TF Serving #1382); TF Serving itself
-# sends up to 2 GB.
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+# Each source's signature when none is given: REST answers base64 PNGs (little JSON).
+_DEFAULT_SIGNATURE = {"server": servable.GENERATE_PNG, "grpc": servable.GENERATE_UINT8,
+                      "saved_model": servable.GENERATE_UINT8}
+# gRPC clients refuse answers over 4 MB by default (TF Serving #1382); TF Serving itself sends
+# up to 2 GB.
+MAX_MESSAGE_BYTES = 1 << 30
+INT64_MAX = 2**63 - 1
+
+
+def seed_range(first_seed: int, num_samples: int) -> np.ndarray:
+  """int64 [num_samples]: first_seed .. first_seed + num_samples - 1 (never wrapping around)."""
+  if num_samples < 1:
+    raise errors.SltError(f"the number of images must be at least 1, got {num_samples}")
+  if first_seed < 0 or first_seed + num_samples - 1 > INT64_MAX:
+    raise errors.SltError(f"seeds must lie in [0, {INT64_MAX}] (int64): --seed must be in "
+                          f"[0, {INT64_MAX - num_samples + 1}] for --num_samples={num_samples}, "
+                          f"got {first_seed}")
+  return np.arange(first_seed, first_seed + num_samples, dtype=np.int64)
+
+
+def generate(*, seeds, server: str | None = None, grpc_address: str | None = None,
+             saved_model: str | None = None, model_name: str = "slt",
+             signature: str | None = None, version: int | None = None, timeout: float = 30,
+             max_batch_size: int | None = None) -> np.ndarray:
+  """Generates images for `seeds` from exactly one source.
+
+  Args:
+    seeds: int [N].
+    server: a TF Serving REST address, e.g. http://localhost:8501.
+    grpc_address: a TF Serving gRPC address HOST:PORT, e.g. localhost:8500.
+    saved_model: a version directory E/<model>/<version>, or the model base path E/<model>
+      (then `version`, or the highest one), loaded in this process.
+    model_name: the model's name on the server.
+    signature: generate_uint8 or generate_png; None picks the source's default (REST
+      generate_png, gRPC and local generate_uint8). All give the same images.
+    version: a specific version, else the latest.
+    timeout: seconds to wait for a server.
+    max_batch_size: seeds per request (default servable.MAX_BATCH_SIZE; the model's own limit
+      when its answer names a lower one).
+
+  Returns:
+    uint8 [N, H, W, C].
+
+  Raises:
+    SltError: bad seeds or signature, no source or several, an unreachable server, an unknown
+      model, version or signature, a refused request (each with the server's message).
+  """
+  sources = {"server": server, "grpc": grpc_address, "saved_model": saved_model}
+  given = [name for name, value in sources.items() if value]
+  if len(given) != 1:
+    raise errors.SltError("give exactly one source: --server=http://HOST:8501, "
+                          "--grpc=HOST:8500 or --saved_model=PATH"
+                          + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
+  seeds = _check_seeds(seeds)
+  signature = signature or _DEFAULT_SIGNATURE[given[0]]
+  if signature not in SEED_SIGNATURES:
+    raise errors.SltError(f"signature {signature!r} cannot be sampled with seeds; use one of "
+                          f"{list(SEED_SIGNATURES)} (serving_default takes z)")
+  arguments = dict(server=server, grpc_address=grpc_address, saved_model=saved_model,
+                   model_name=model_name, signature=signature, version=version, timeout=timeout)
+  chunk = max_batch_size or servable.MAX_BATCH_SIZE
+  if len(seeds) > chunk:  # A served model takes at most max_batch_size seeds at once.
+    return np.concatenate([generate(seeds=seeds[i:i + chunk], max_batch_size=chunk, **arguments)
+                           for i in range(0, len(seeds), chunk)])
+  try:
+    if server:
+      logging.info("Sampling %d images over REST from %s model %r", len(seeds), server,
+                   model_name)
+      return _generate_rest(server, model_name, seeds, signature, version, timeout)
+    if grpc_address:
+      logging.info("Sampling %d images over gRPC from %s model %r", len(seeds), grpc_address,
+                   model_name)
+      return _generate_grpc(grpc_address, model_name, seeds, signature, version, timeout)
+    logging.info("Sampling %d images from the SavedModel %s", len(seeds), saved_model)
+    return _generate_local(saved_model, seeds, signature, version)
+  except errors.SltError as e:  # The model's own limit is lower: split by it.
+    limit = re.search(r"at most (\d+) seeds per request", str(e))
+    if limit is None or int(limit.group(1)) >= len(seeds):
+      raise
+    return generate(seeds=seeds, max_batch_size=int(limit.group(1)), **arguments)
 
 
 def _check_seeds(seeds) -> np.ndarray:
@@ -41,60 +117,25 @@ def _check_seeds(seeds) -> np.ndarray:
   return array.astype(np.int64)
 
 
-def _check_signature(signature: str) -> None:
-  if signature not in SEED_SIGNATURES:
-    raise errors.SltError(f"signature {signature!r} cannot be sampled with seeds; use one of "
-                          f"{list(SEED_SIGNATURES)} (serving_default takes z)")
-
-
-def _decode_pngs(pngs) -> np.ndarray:
-  """PNG bytes [N] -> uint8 [N, H, W, C]."""
-  return np.stack([tf.io.decode_png(data).numpy() for data in pngs])
-
-
-def _images_from_output(name: str, value: np.ndarray, num: int) -> np.ndarray:
-  """A signature output ("images" uint8 or "images_bytes" PNGs) -> uint8 [num, H, W, C]."""
-  images = _decode_pngs(value) if name.endswith("_bytes") else np.asarray(value)
+def _images(name: str, value, num: int) -> np.ndarray:
+  """A signature's output ("images" uint8, or "images_bytes" PNGs) as uint8 [num, H, W, C]."""
+  if name.endswith("_bytes"):
+    value = np.stack([tf.io.decode_png(data).numpy() for data in value])
+  images = np.asarray(value)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != num:
     raise errors.SltError(f"the server answered {name!r} as {images.dtype.name} "
                           f"{list(images.shape)}, expected uint8 images [{num}, H, W, C]")
   return images
 
 
-# ----------------------------------------------------------------------------------- local
+def _output_name(signature: str) -> str:
+  return "images_bytes" if signature == servable.GENERATE_PNG else "images"
 
 
-def generate_local(saved_model_dir: str, *, seeds: np.ndarray | None = None,
-                   z: np.ndarray | None = None, signature: str | None = None,
-                   version: int | None = None) -> np.ndarray:
-  """Generates images with a SavedModel loaded in this process (no server).
-
-  Args:
-    saved_model_dir: a version directory E/<model>/<version>, or the model base path E/<model>
-      (then `version`, or the highest one).
-    seeds: int [N]; uses `signature` (default generate_uint8).
-    z: float32 [N, latent_dim] instead of seeds; uses serving_default and quantises to uint8
-      like generate_uint8.
-    signature: with seeds, generate_uint8 or generate_png.
-    version: with a model base path, the version to load.
-
-  Returns:
-    uint8 [N, H, W, C].
-  """
-  if (seeds is None) == (z is None):
-    raise errors.SltError("pass exactly one of seeds or z")
+def _generate_local(saved_model_dir: str, seeds: np.ndarray, signature: str,
+                    version: int | None) -> np.ndarray:
   path = servable.resolve_version_dir(saved_model_dir, version)
   model = tf.saved_model.load(path)
-  if z is not None:
-    z = np.asarray(z, dtype=np.float32)
-    expected = model.signatures[servable.SERVING_DEFAULT].structured_input_signature[1]["z"]
-    if not expected.shape.is_compatible_with(z.shape):
-      raise errors.SltError(f"z must have shape [N, {expected.shape[1]}], got {list(z.shape)}")
-    images = model.signatures[servable.SERVING_DEFAULT](z=tf.constant(z))["images"]
-    return images_lib.to_uint8(images).numpy()
-  seeds = _check_seeds(seeds)
-  signature = signature or servable.GENERATE_UINT8
-  _check_signature(signature)
   if signature not in model.signatures:
     raise errors.SltError(f"{path} has no signature {signature!r}; it has "
                           f"{sorted(model.signatures)}")
@@ -105,17 +146,10 @@ def generate_local(saved_model_dir: str, *, seeds: np.ndarray | None = None,
     raise errors.SltError(f"{path} refused the request: "
                           f"{message.group(0) if message else ' '.join(e.message.split())[:300]}"
                           ) from None
-  return _images_from_output(name, value.numpy(), len(seeds))
+  return _images(name, value.numpy(), len(seeds))
 
 
 # ------------------------------------------------------------------------------------ REST
-
-
-def _rest_url(server_url: str, model_name: str, version: int | None) -> str:
-  if not server_url.startswith(("http://", "https://")):
-    raise errors.SltError(f"server URL must start with http:// or https://, got {server_url!r}")
-  url = f"{server_url.rstrip('/')}/v1/models/{model_name}"
-  return url + (f"/versions/{version}" if version is not None else "")
 
 
 def _server_error_text(body: bytes) -> str:
@@ -128,25 +162,18 @@ def _server_error_text(body: bytes) -> str:
   return " ".join(str(text).split())[:500]
 
 
-def predict_rest(server_url: str, model_name: str, body: dict, *, version: int | None = None,
-                 timeout: float = 30) -> dict:
-  """POSTs a TF Serving REST predict request and returns the decoded JSON answer.
-
-  Args:
-    server_url: e.g. http://localhost:8501.
-    model_name: model name on the server.
-    body: {"signature_name": ..., "instances": [...]} or {..., "inputs": ...}.
-    version: a specific version, else the server's latest.
-    timeout: seconds.
-
-  Raises:
-    SltError: unreachable server, unknown model (404), any other non-200 answer (with the
-      server's error text), or an answer that is not JSON.
-  """
-  url = _rest_url(server_url, model_name, version) + ":predict"
+def _generate_rest(server_url: str, model_name: str, seeds: np.ndarray, signature: str,
+                   version: int | None, timeout: float) -> np.ndarray:
+  """One TF Serving REST predict request, in the columnar format:
+  {"signature_name": ..., "inputs": {"seeds": [...]}}. generate_png answers one base64 PNG per
+  image ({"b64": ...}, TF Serving's convention for outputs named *_bytes)."""
+  if not server_url.startswith(("http://", "https://")):
+    raise errors.SltError(f"server URL must start with http:// or https://, got {server_url!r}")
+  url = f"{server_url.rstrip('/')}/v1/models/{model_name}"
+  url += (f"/versions/{version}" if version is not None else "") + ":predict"
+  body = {"signature_name": signature, "inputs": {"seeds": seeds.tolist()}}
   request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), method="POST",
                                    headers={"Content-Type": "application/json"})
-  signature = body.get("signature_name") or servable.SERVING_DEFAULT
   try:
     with urllib.request.urlopen(request, timeout=timeout) as answer:
       data = answer.read()
@@ -162,37 +189,17 @@ def predict_rest(server_url: str, model_name: str, body: dict, *, version: int |
     raise errors.SltError(f"{server_url} answered HTTP {e.code} for model {model_name!r} "
                           f"signature {signature!r}: {text}") from None
   except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
-    reason = getattr(e, "reason", e)
     raise errors.SltError(f"cannot reach TF Serving REST server at {server_url}: "
-                          f"{reason}") from None
+                          f"{getattr(e, 'reason', e)}") from None
   try:
-    return json.loads(data)
+    answer = json.loads(data)
   except ValueError:
     raise errors.SltError(f"{server_url} answered with something that is not JSON: "
                           f"{data[:80]!r}") from None
-
-
-def generate_rest(server_url: str, model_name: str, *, seeds: np.ndarray,
-                  signature: str = REST_DEFAULT_SIGNATURE, version: int | None = None,
-                  timeout: float = 30) -> np.ndarray:
-  """Generates images through TF Serving's REST API.
-
-  Sends the seeds in the columnar format, {"signature_name": ..., "inputs": {"seeds": [...]}}.
-  The default signature generate_png answers one base64 PNG per image ({"b64": ...}, TF
-  Serving's convention for outputs named *_bytes), much less JSON than nested uint8 lists.
-
-  Returns:
-    uint8 [N, H, W, C].
-  """
-  seeds = _check_seeds(seeds)
-  _check_signature(signature)
-  answer = predict_rest(server_url, model_name,
-                        {"signature_name": signature, "inputs": {"seeds": seeds.tolist()}},
-                        version=version, timeout=timeout)
   outputs = answer.get("outputs") if isinstance(answer, dict) else None
   if outputs is None:
     raise errors.SltError(f"{server_url} answered without 'outputs': {str(answer)[:80]}")
-  name = "images_bytes" if signature == servable.GENERATE_PNG else "images"
+  name = _output_name(signature)
   if isinstance(outputs, dict):  # Several outputs come back by name.
     if name not in outputs:
       raise errors.SltError(f"{server_url} answered outputs {sorted(outputs)}, expected {name!r}")
@@ -208,52 +215,23 @@ def generate_rest(server_url: str, model_name: str, *, seeds: np.ndarray,
     if value.dtype.kind in "iu" and value.size and (value.min() < 0 or value.max() > 255):
       raise errors.SltError(f"{server_url} answered {name!r} with values outside uint8")
     value = value.astype(np.uint8) if value.dtype.kind in "iu" else value
-  return _images_from_output(name, value, len(seeds))
-
-
-def rest_model_status(server_url: str, model_name: str, *, timeout: float = 10) -> dict:
-  """GET /v1/models/<name>: TF Serving's model version status."""
-  url = _rest_url(server_url, model_name, None)
-  try:
-    with urllib.request.urlopen(url, timeout=timeout) as answer:
-      return json.loads(answer.read())
-  except urllib.error.HTTPError as e:
-    raise errors.SltError(f"model {model_name!r} status from {server_url}: HTTP {e.code}: "
-                          f"{_server_error_text(e.read())}") from None
-  except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
-    raise errors.SltError(f"cannot reach TF Serving REST server at {server_url}: "
-                          f"{getattr(e, 'reason', e)}") from None
+  return _images(name, value, len(seeds))
 
 
 # ------------------------------------------------------------------------------------ gRPC
 
 
-def predict_grpc(address: str, model_name: str, inputs: dict, *,
-                 signature: str = servable.SERVING_DEFAULT, version: int | None = None,
-                 timeout: float = 30,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict:
-  """Sends a TF Serving gRPC Predict request; returns {output name: ndarray}.
-
-  Args:
-    address: HOST:PORT of the gRPC port (TF Serving's default is 8500).
-    model_name: model name on the server.
-    inputs: {input name: ndarray}, sent as TensorProto with the array's dtype.
-    signature: signature name.
-    version: a specific version, else the server's latest.
-    timeout: seconds.
-    max_message_bytes: largest response accepted (gRPC's default is 4 MB).
-
-  Raises:
-    SltError: unreachable server, unknown model or signature, a rejected request (with the
-      server's message), a response over max_message_bytes, a timeout.
-  """
+def _generate_grpc(address: str, model_name: str, seeds: np.ndarray, signature: str,
+                   version: int | None, timeout: float) -> np.ndarray:
+  """One TF Serving gRPC Predict request; the channel accepts answers up to MAX_MESSAGE_BYTES
+  (gRPC's default of 4 MB is about 340 images of 64x64x3 uint8)."""
+  max_message_bytes = MAX_MESSAGE_BYTES
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model_name
   request.model_spec.signature_name = signature
   if version is not None:
     request.model_spec.version.value = version
-  for name, value in inputs.items():
-    request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+  request.inputs["seeds"].CopyFrom(tf.make_tensor_proto(seeds))
   options = [("grpc.max_receive_message_length", max_message_bytes),
              ("grpc.max_send_message_length", max_message_bytes)]
   with grpc.insecure_channel(address, options=options) as channel:
@@ -269,8 +247,8 @@ def predict_grpc(address: str, model_name: str, inputs: dict, *,
                    + (f" version {version}" if version is not None else "")
                    + f" not found on {address} (NOT_FOUND: {details})")
       elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        message = (f"the response from {address} is larger than max_message_bytes="
-                   f"{max_message_bytes}; raise it or request fewer images ({details})")
+        message = (f"the answer from {address} is larger than max_message_bytes="
+                   f"{max_message_bytes}; request fewer images ({details})")
       elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"no answer from {address} within {timeout} s"
       elif "signature" in details.lower() and "not found" in details.lower():
@@ -280,112 +258,14 @@ def predict_grpc(address: str, model_name: str, inputs: dict, *,
         message = (f"{address} rejected the request for model {model_name!r} signature "
                    f"{signature!r}: {code.name}: {details}")
       raise errors.SltError(message) from None
-  return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
-
-
-def generate_grpc(address: str, model_name: str, *, seeds: np.ndarray,
-                  signature: str = GRPC_DEFAULT_SIGNATURE, version: int | None = None,
-                  timeout: float = 30,
-                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> np.ndarray:
-  """Generates images through TF Serving's gRPC PredictionService.
-
-  The channel accepts responses up to `max_message_bytes` (gRPC's client default of 4 MB is
-  about 340 images of 64x64x3 uint8; TF Serving #1382).
-
-  Returns:
-    uint8 [N, H, W, C].
-  """
-  seeds = _check_seeds(seeds)
-  _check_signature(signature)
-  outputs = predict_grpc(address, model_name, {"seeds": seeds}, signature=signature,
-                         version=version, timeout=timeout, max_message_bytes=max_message_bytes)
-  name = "images_bytes" if signature == servable.GENERATE_PNG else "images"
-  if name not in outputs:
-    raise errors.SltError(f"{address} answered outputs {sorted(outputs)}, expected {name!r}")
-  return _images_from_output(name, outputs[name], len(seeds))
-
-
-# -------------------------------------------------------------------------------- dispatch
-
-
-INT64_MAX = 2**63 - 1
-
-
-def seed_range(first_seed: int, num: int) -> np.ndarray:
-  """int64 [num]: first_seed .. first_seed + num - 1 (never wrapping around int64)."""
-  if num < 1:
-    raise errors.SltError(f"the number of images must be at least 1, got {num}")
-  if first_seed < 0 or first_seed + num - 1 > INT64_MAX:
-    raise errors.SltError(f"seeds must lie in [0, {INT64_MAX}] (int64): --seed must be in "
-                          f"[0, {INT64_MAX - num + 1}] for --num={num}, got {first_seed}")
-  return np.arange(first_seed, first_seed + num, dtype=np.int64)
-
-
-def generate(*, seeds: np.ndarray, server: str | None = None, grpc_address: str | None = None,
-             saved_model: str | None = None, model_name: str = "slt",
-             signature: str | None = None, version: int | None = None,
-             timeout: float = 30, max_batch_size: int | None = None) -> np.ndarray:
-  """Generates images from exactly one source: REST `server`, `grpc_address` or `saved_model`.
-
-  Requests hold at most `max_batch_size` seeds (default servable.MAX_BATCH_SIZE, and the
-  model's own limit when its answer names a lower one).
-
-  `signature` None picks each transport's default (REST generate_png, gRPC and local
-  generate_uint8); all give the same uint8 images [N, H, W, C].
-  """
-  sources = {"server": server, "grpc": grpc_address, "saved_model": saved_model}
-  given = [name for name, value in sources.items() if value]
-  if len(given) != 1:
-    raise errors.SltError("give exactly one source: --server=http://HOST:8501, "
-                          "--grpc=HOST:8500 or --saved_model=PATH"
-                          + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
-  seeds = _check_seeds(seeds)
-  arguments = dict(server=server, grpc_address=grpc_address, saved_model=saved_model,
-                   model_name=model_name, signature=signature, version=version, timeout=timeout)
-  chunk = max_batch_size or servable.MAX_BATCH_SIZE
-  if len(seeds) > chunk:  # A served model takes at most max_batch_size seeds at once.
-    return np.concatenate([generate(seeds=seeds[i:i + chunk], max_batch_size=chunk, **arguments)
-                           for i in range(0, len(seeds), chunk)])
-  try:
-    return _generate_one(seeds=seeds, **arguments)
-  except errors.SltError as e:  # The model's own limit is lower: split by it.
-    limit = re.search(r"at most (\d+) seeds per request", str(e))
-    if limit is None or int(limit.group(1)) >= len(seeds):
-      raise
-    return generate(seeds=seeds, max_batch_size=int(limit.group(1)), **arguments)
-
-
-def _generate_one(*, seeds: np.ndarray, server: str | None, grpc_address: str | None,
-                  saved_model: str | None, model_name: str, signature: str | None,
-                  version: int | None, timeout: float) -> np.ndarray:
-  """One request to the one source `generate` checked."""
-  if server:
-    logging.info("Sampling %d images over REST from %s model %r", len(seeds), server, model_name)
-    return generate_rest(server, model_name, seeds=seeds,
-                         signature=signature or REST_DEFAULT_SIGNATURE, version=version,
-                         timeout=timeout)
-  if grpc_address:
-    logging.info("Sampling %d images over gRPC from %s model %r", len(seeds), grpc_address,
-                 model_name)
-    return generate_grpc(grpc_address, model_name, seeds=seeds,
-                         signature=signature or GRPC_DEFAULT_SIGNATURE, version=version,
-                         timeout=timeout)
-  logging.info("Sampling %d images from the SavedModel %s", len(seeds), saved_model)
-  return generate_local(saved_model, seeds=seeds, signature=signature, version=version)
+  name = _output_name(signature)
+  if name not in response.outputs:
+    raise errors.SltError(f"{address} answered outputs {sorted(response.outputs)}, expected "
+                          f"{name!r}")
+  return _images(name, tf.make_ndarray(response.outputs[name]), len(seeds))
 
 
 # ---------------------------------------------------------------------------------- output
-
-
-def save_npz(images: np.ndarray, path: str, *, seeds: np.ndarray | None = None) -> None:
-  """Writes images (and the seeds that made them) to a compressed .npz."""
-  arrays = {"images": np.asarray(images)}
-  if seeds is not None:
-    arrays["seeds"] = np.asarray(seeds)
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  np.savez_compressed(path, **arrays)
 
 
 def check_output_path(path: str, *, existing_directory: bool = False) -> None:
@@ -406,9 +286,14 @@ def check_output_path(path: str, *, existing_directory: bool = False) -> None:
 
 def save_images(images_uint8: np.ndarray, path: str, *, seeds: np.ndarray | None = None) -> None:
   """Saves by extension: .png -> one grid (`slt_tf.images.grid`, like the training sample
-  grids), .npz -> arrays (and seeds)."""
+  grids), .npz -> the arrays `images` (and `seeds`)."""
   check_output_path(path)
   if path.endswith(".png"):
     images_lib.save_grid_png(path, images_uint8)
-  else:
-    save_npz(images_uint8, path, seeds=seeds)
+    return
+  arrays = {"images": np.asarray(images_uint8)}
+  if seeds is not None:
+    arrays["seeds"] = np.asarray(seeds)
+  if os.path.dirname(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez_compressed(path, **arrays)
