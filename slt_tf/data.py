@@ -154,13 +154,20 @@ def validation_split(name: str) -> str:
   return f'train[-{VALIDATION_EXAMPLES[base]}:]'
 
 
+# What `evaluation_split` takes: 'test' (the held-out split of reported numbers) or
+# 'validation' (tuning).
+EVALUATION_SPLITS = ('test', 'validation')
+
+
+def validate_evaluation_split(which: str) -> None:
+  if which not in EVALUATION_SPLITS:
+    raise SltError(f'Unknown evaluation split {which!r}; choose test or validation.')
+
+
 def evaluation_split(name: str, which: str) -> str:
   """The split of `which` ('test': the held-out split of reported numbers; 'validation')."""
-  if which == 'test':
-    return held_out_split(name)
-  if which == 'validation':
-    return validation_split(name)
-  raise SltError(f'Unknown evaluation split {which!r}; choose test or validation.')
+  validate_evaluation_split(which)
+  return held_out_split(name) if which == 'test' else validation_split(name)
 
 
 def validate_image_size(name: str, image_size: int) -> None:

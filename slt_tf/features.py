@@ -178,10 +178,16 @@ def _fingerprint(*, name: str, layer_names: tuple[str, ...], preprocessing: str,
   return digest.hexdigest()
 
 
-def _check_arguments(kind: str, name: str, allowed: tuple[str, ...], image_size: int,
-                     channels: int) -> None:
+def validate_name(name: str, *, kind: str = "feature") -> None:
+  """SltError naming FEATURE_NETWORKS (kind "feature") or EVAL_NETWORKS (kind "eval") unless
+  `name` is one of them."""
+  allowed = FEATURE_NETWORKS if kind == "feature" else EVAL_NETWORKS
   if name not in allowed:
     raise errors.SltError(f"Unknown {kind} network {name!r}; choose one of {', '.join(allowed)}.")
+
+
+def _check_arguments(kind: str, name: str, image_size: int, channels: int) -> None:
+  validate_name(name, kind=kind)
   if channels not in (1, 3):
     raise errors.SltError(f"channels must be 1 or 3; got {channels}.")
   if image_size < 1:
@@ -300,7 +306,7 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
   Returns:
     The FeatureNetwork.
   """
-  _check_arguments("feature", name, FEATURE_NETWORKS, image_size, channels)
+  _check_arguments("feature", name, image_size, channels)
   if name == "inception_v3":
     input_size = max(_INCEPTION_MIN_SIZE, image_size)
     base = _imagenet_application(name, keras.applications.InceptionV3, input_size=input_size,
@@ -343,7 +349,7 @@ def build_eval_network(name: str, *, image_size: int, channels: int,
   Returns:
     The EvalNetwork.
   """
-  _check_arguments("eval", name, EVAL_NETWORKS, image_size, channels)
+  _check_arguments("eval", name, image_size, channels)
   if name == "inception_v3":
     full = _imagenet_application(name, keras.applications.InceptionV3,
                                  input_size=_INCEPTION_EVAL_SIZE, weights=weights, seed=0,

@@ -142,14 +142,18 @@ def _dcgan_body(z, spec, make):
   return make.conv(spec.channels, 3, "conv_out")(x)
 
 
+def validate_name(name: str) -> None:
+  """SltError naming GENERATORS unless `name` is one of them."""
+  if name not in GENERATORS:
+    raise errors.SltError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
+
+
 class Generator(keras.Model):
   """z float32 [B, latent_dim] -> images float32 [B, S, S, C] in [-1, 1]."""
 
   def __init__(self, spec: GeneratorSpec, *, plain: bool = False, **kwargs):
     super().__init__(name=kwargs.pop("name", "generator"), **kwargs)
-    if spec.name not in GENERATORS:
-      raise errors.SltError(
-          f"unknown generator {spec.name!r}; choose one of {', '.join(GENERATORS)}")
+    validate_name(spec.name)
     from slt_tf import masking  # pylint: disable=g-import-not-at-top
     self.spec = spec
     self.plain = plain

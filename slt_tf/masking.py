@@ -216,15 +216,20 @@ class Threshold:
     return {"name": self.name, "keep_fraction": self.keep_fraction}
 
 
+def validate_method(method: str) -> None:
+  """SltError naming METHODS unless `method` is one of them."""
+  if method not in METHODS:
+    raise errors.SltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 def make_rule(method: str, keep_fraction: float):
   """The masking rule for a config's `method`; None for `dense` and `imp` (kernels trained,
   no scores: IMP's masks are applied to the kernels by slt_tf/imp.py)."""
+  validate_method(method)
   if method == "edge_popup":
     return TopK(keep_fraction)
   if method == "global_edge_popup":
     return GlobalTopK(keep_fraction)
   if method == "gem_miner":
     return Threshold(keep_fraction)
-  if method in WEIGHT_TRAINING_METHODS:
-    return None
-  raise errors.SltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+  return None  # WEIGHT_TRAINING_METHODS.

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from slt_tf import errors
+from slt_tf import masking
 
 DENSE = "dense"
 FLOOR = "untrained"
@@ -58,8 +59,7 @@ def grid(seeds: Sequence[int], keep_fractions: Sequence[float],
   """Seed-major order: every row's first seed comes before any second seed, so a sweep cut
   short still has one run per row. Per seed: dense, edge-popup tickets, global edge-popup."""
   for keep in list(keep_fractions) + list(global_keep_fractions):
-    if not 0.0 < keep <= 1.0:
-      raise errors.SltError(f"keep fractions must be in (0, 1], got {keep}.")
+    masking.validate_keep_fraction(keep)
   if not seeds:
     raise errors.SltError("the sweep needs at least one seed.")
   runs = []

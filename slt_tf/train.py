@@ -76,10 +76,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   missing = sorted(set(reference) - set(given))
   if missing:
     raise errors.SltError(f"config lacks key(s) {', '.join(missing)}; start from "
-                          "configs/default.py")
-  if config.method not in masking.METHODS:
-    raise errors.SltError(f"unknown method {config.method!r}; choose one of "
-                          f"{', '.join(masking.METHODS)}")
+                          "slt_tf.config_schema.get_config()")
+  masking.validate_method(config.method)
   masking.validate_keep_fraction(config.keep_fraction)
   init_checkpoint.validate(config.generator.init_checkpoint, config.method)
   if config.lr_schedule not in ("constant", "cosine"):
@@ -89,12 +87,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.method == "gem_miner":
     gem_miner.validate(config.gem_miner.regularization, config.gem_miner.anneal_every,
                        config.gem_miner.anneal_factor, config.generator.score_init)
-  if config.generator.name not in generators.GENERATORS:
-    raise errors.SltError(f"unknown generator {config.generator.name!r}; choose one of "
-                          f"{', '.join(generators.GENERATORS)}")
-  if config.features.name not in features.FEATURE_NETWORKS:
-    raise errors.SltError(f"unknown feature network {config.features.name!r}; choose one of "
-                          f"{', '.join(features.FEATURE_NETWORKS)}")
+  generators.validate_name(config.generator.name)
+  features.validate_name(config.features.name)
   for key in ("num_steps", "batch_size", "checkpoint_every_steps", "log_every_steps",
               "sample_every_steps", "num_sample_images"):
     if int(config[key]) <= 0:
@@ -106,8 +100,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_range("eval.every_steps", config.eval.every_steps, 0, None)
   data.validate_dataset_name(config.dataset.name)
   data.validate_image_size(config.dataset.name, config.dataset.image_size)
-  if config.eval.split not in ("test", "validation"):
-    raise errors.SltError(f"unknown eval.split {config.eval.split!r}; choose test or validation")
+  data.validate_evaluation_split(config.eval.split)
   spec = generator_spec(config, channels=1)
   spec.resolved_filters()
   num_weights = sum(int(np.prod(shape)) for key, shape in ticket_lib.expected_arrays(spec).items()

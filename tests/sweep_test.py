@@ -40,7 +40,7 @@ def test_grid_is_seed_major_with_dense_first_and_names_per_run():
 
 @pytest.mark.parametrize("keep", [0.0, -0.1, 1.5])
 def test_grid_rejects_keep_fractions_outside_zero_one(keep):
-  with pytest.raises(errors.SltError, match="keep fractions must be in"):
+  with pytest.raises(errors.SltError, match=r"keep_fraction must be in \(0, 1\]"):
     sweep.grid([0], [keep])
 
 

@@ -10,7 +10,10 @@ import pytest
 
 import slt_tf  # pylint: disable=unused-import
 from configs import test as test_config
+from slt_tf import data
 from slt_tf import errors
+from slt_tf import features
+from slt_tf import generators
 from slt_tf import masking
 from slt_tf import train
 
@@ -138,6 +141,24 @@ def test_unknown_key_added_in_a_config_file_is_rejected():
   config.dataset.typo_size = 3
   with pytest.raises(errors.SltError, match="dataset.typo_size"):
     train.validate_config(config)
+
+
+@pytest.mark.parametrize("key, value, owner_check", [
+    ("method", "magic", masking.validate_method),
+    ("generator.name", "stylegan", generators.validate_name),
+    ("features.name", "resnet50", features.validate_name),
+    ("eval.split", "train", data.validate_evaluation_split),
+])
+def test_each_choice_is_checked_by_the_module_that_defines_it(key, value, owner_check):
+  config = test_config.get_config()
+  section, _, leaf = key.rpartition(".")
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(errors.SltError) as from_config:
+    train.validate_config(config)
+  with pytest.raises(errors.SltError) as from_owner:
+    owner_check(value)
+  assert str(from_config.value) == str(from_owner.value)
+  assert repr(value) in str(from_config.value) and "choose" in str(from_config.value)
 
 
 def test_end_of_run_summary_names_the_ticket_its_size_kept_weights_samples_and_next_commands():

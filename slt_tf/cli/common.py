@@ -21,14 +21,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (KeyError, AttributeError) as e:
     key = str(e).strip("\"'")
     sys.exit(f"{_program()}: error: unknown config key {key}; the known keys and their "
-             "defaults are in configs/default.py")
+             "defaults are in slt_tf/config_schema.py")
   except (TypeError, ValueError) as e:
     sys.exit(f"{_program()}: error: bad config override: {e}")
   except (SyntaxError, ImportError, NameError, OSError) as e:  # Loading a --config file.
     where = f" ({e.filename}, line {e.lineno})" if isinstance(e, SyntaxError) else ""
     text = (e.msg if isinstance(e, SyntaxError) else str(e).splitlines()[0]) if str(e) else ""
     sys.exit(f"{_program()}: error: cannot load the config file: {type(e).__name__}: "
-             f"{text}{where}; fix it (see configs/default.py) or pass another --config")
+             f"{text}{where}; fix it (see slt_tf/config_schema.py) or pass another --config")
 
 
 def _adopt_help(main) -> None:
