@@ -70,17 +70,42 @@ def grid(seeds: Sequence[int], keep_fractions: Sequence[float],
   return runs
 
 
-def train_command(run: Run, *, config: str, workdir: str,
-                  num_steps: int | None = None) -> list[str]:
-  """The bin/find_ticket command line of `run` (a rerun resumes from its checkpoint)."""
-  command = [sys.executable, "-m", "bin.find_ticket", f"--config={config}",
-             f"--workdir={workdir}", f"--config.method={run.method}",
-             f"--config.seed={run.seed}"]
+# Config keys the sweep sets for each run (--seeds, --keep_fractions, --global_keep_fractions).
+PER_RUN_KEYS = ("method", "seed", "keep_fraction")
+
+
+def config_arguments(flag_values, name: str = "config") -> list[str]:
+  """`--config=PATH` and the `--config.KEY=VALUE` overrides parsed into `flag_values` (an
+  ml_collections config flag), as bin/find_ticket takes them; SltError for a PER_RUN_KEYS key."""
+  config_flag = flag_values[name]
+  arguments = [f"--{name}={config_flag.config_filename}"]
+  for key, value in config_flag.override_values.items():
+    if key in PER_RUN_KEYS:
+      raise errors.SltError(f"--{name}.{key} is set for each run by the sweep; drop it (use "
+                            "--seeds, --keep_fractions, --global_keep_fractions)")
+    if isinstance(value, tuple) and not value:
+      arguments.append(f"--{name}.{key}=()")
+    else:  # A tuple serialises as one --config.KEY=ITEM line per item.
+      arguments.extend(flag_values[f"{name}.{key}"].serialize().split("\n"))
+  return arguments
+
+
+def train_command(run: Run, *, config_arguments: Sequence[str], workdir: str,
+                  overrides: Sequence[str] = ()) -> list[str]:
+  """The bin/find_ticket command line of `run` (a rerun resumes from its checkpoint).
+
+  Args:
+    run: the run.
+    config_arguments: `--config=PATH` and the `--config.KEY=VALUE` flags of every run.
+    workdir: the run's workdir.
+    overrides: KEY=VALUE config overrides of this run's row (e.g. the dense runs'), applied
+      after config_arguments.
+  """
+  command = [sys.executable, "-m", "bin.find_ticket", *config_arguments, f"--workdir={workdir}",
+             f"--config.method={run.method}", f"--config.seed={run.seed}"]
   if run.method != DENSE:
     command.append(f"--config.keep_fraction={run.keep_fraction:g}")
-  if num_steps:
-    command.append(f"--config.num_steps={num_steps}")
-  return command
+  return command + [f"--config.{override}" for override in overrides]
 
 
 def trained_step(workdir: str) -> int:
@@ -209,7 +234,8 @@ def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def claim_verdict(rows: Sequence[dict[str, Any]]) -> list[str]:
-  """The issue's targets checked on the means: keep 0.1 <= 1.1 x dense, keep 0.3 <= dense."""
+  """The claim (docs/method.md) as targets checked on the means: keep 0.1 <= 1.1 x dense,
+  keep 0.3 <= dense."""
   by_group = {row["group"]: row for row in rows}
   dense = by_group.get(DENSE)
   if dense is None or dense["fid_mean"] is None:

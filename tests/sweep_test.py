@@ -5,12 +5,16 @@ import io
 import os
 import sys
 
+from absl import flags
+from ml_collections import config_flags
 import numpy as np
 import pytest
 
 import slt_tf  # pylint: disable=unused-import
 from slt_tf import errors
 from slt_tf import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fake_result(group, seed, fid, **extra):
@@ -49,16 +53,49 @@ def test_grid_rejects_no_seeds():
     sweep.grid([], [0.1])
 
 
-def test_train_command_sets_method_seed_keep_fraction_and_steps():
-  ticket = sweep.train_command(sweep.Run("edge_popup", 0.05, 2), config="configs/digits.py",
-                               workdir="/w", num_steps=300)
+def test_train_command_sets_method_seed_keep_fraction_then_the_rows_overrides():
+  every_run = ["--config=configs/digits.py", "--config.num_steps=300"]
+  ticket = sweep.train_command(sweep.Run("edge_popup", 0.05, 2), config_arguments=every_run,
+                               workdir="/w")
   assert ticket[:3] == [sys.executable, "-m", "bin.find_ticket"]
-  assert ticket[3:] == ["--config=configs/digits.py", "--workdir=/w",
+  assert ticket[3:] == ["--config=configs/digits.py", "--config.num_steps=300", "--workdir=/w",
                         "--config.method=edge_popup", "--config.seed=2",
-                        "--config.keep_fraction=0.05", "--config.num_steps=300"]
-  dense = sweep.train_command(sweep.Run("dense", None, 0), config="c.py", workdir="/d")
-  assert not any("keep_fraction" in arg or "num_steps" in arg for arg in dense)
-  assert "--config.method=dense" in dense
+                        "--config.keep_fraction=0.05"]
+  dense = sweep.train_command(sweep.Run("dense", None, 0), config_arguments=["--config=c.py"],
+                              workdir="/d", overrides=["learning_rate=1e-3"])
+  assert dense[3:] == ["--config=c.py", "--workdir=/d", "--config.method=dense",
+                       "--config.seed=0", "--config.learning_rate=1e-3"]
+
+
+def parse_config_flags(argv):
+  """A fresh absl FlagValues with an ml_collections `--config` flag, parsed from argv."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values
+
+
+def test_config_arguments_give_find_ticket_the_sweeps_config_and_overrides():
+  config = os.path.join(ROOT, "configs", "test.py")
+  argv = ["sweep", f"--config={config}", "--config.num_steps=7", "--config.learning_rate=1e-3",
+          "--config.generator.filters=(24, 12)", "--config.generator.mask_bias=true",
+          "--config.features.weights=none", "--config.eval.network="]
+  given = parse_config_flags(argv)
+  arguments = sweep.config_arguments(given)
+  assert arguments[0] == f"--config={config}"
+  forwarded = parse_config_flags(["find_ticket", *arguments]).config.to_dict()
+  assert forwarded == given.config.to_dict()
+  assert forwarded["num_steps"] == 7 and forwarded["generator"]["filters"] == (24, 12)
+  assert forwarded != parse_config_flags(["find_ticket", f"--config={config}"]).config.to_dict()
+
+
+@pytest.mark.parametrize("key", sweep.PER_RUN_KEYS)
+def test_config_arguments_refuse_the_keys_the_sweep_sets_per_run(key):
+  given = parse_config_flags(["sweep", f"--config={os.path.join(ROOT, 'configs', 'test.py')}",
+                              f"--config.{key}=1"])
+  with pytest.raises(errors.SltError, match=rf"--config.{key} is set for each run by the sweep"):
+    sweep.config_arguments(given)
 
 
 def test_trained_step_reads_the_latest_checkpoint_number(tmp_path):
@@ -164,8 +201,8 @@ def test_grid_adds_global_edge_popup_runs_after_the_per_layer_tickets():
   runs = sweep.grid([0], [0.1], [0.1])
   assert [run.name for run in runs] == ["dense_s0", "keep0.1_s0", "global0.1_s0"]
   assert runs[2].method == "global_edge_popup" and runs[2].group == "global 0.1"
-  assert "--config.method=global_edge_popup" in sweep.train_command(runs[2], config="c.py",
-                                                                      workdir="/w")
+  assert "--config.method=global_edge_popup" in sweep.train_command(
+      runs[2], config_arguments=["--config=c.py"], workdir="/w")
 
 
 def test_rows_order_dense_tickets_global_floor_then_real_data():

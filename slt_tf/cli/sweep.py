@@ -1,8 +1,11 @@
 """Dense baseline vs tickets at several keep fractions, several seeds, same step budget.
 
-  python -m bin.sweep --base_dir=runs/sweep --num_steps=200 --num_samples=2000
+  python -m bin.sweep --config=configs/digits.py --base_dir=runs/sweep \
+    --config.num_steps=200 --num_samples=2000
 
-For each seed: the dense run (method=dense) and one ticket per keep fraction, each trained with
+`--config` and its `--config.KEY=VALUE` overrides work as in bin/find_ticket and apply to every
+run; the sweep sets `method`, `seed` and `keep_fraction` of each run itself. For each seed: the
+dense run (method=dense) and one ticket per keep fraction, each trained with
 `python -m bin.find_ticket` in BASE_DIR/<name> (a rerun resumes or skips finished runs), then
 evaluated with slt_tf.workdir_evaluation (metrics.json, skipped when already done for the same
 step and sample count). The untrained random generator of each dense run is the floor row.
@@ -11,23 +14,23 @@ fid_vs_keep_fraction.png.
 """
 
 import os
-import runpy
 import subprocess
 import time
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 import slt_tf  # pylint: disable=unused-import
 from slt_tf.cli import common as cli
 
 _BASE_DIR = flags.DEFINE_string("base_dir", "runs/sweep", "Directory of the runs and results.")
-_CONFIG = flags.DEFINE_string("config", "configs/digits.py", "Config file of every run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of every run (configs/*.py[:variant]); --config.KEY=VALUE "
+    "overrides apply to every run.", lock_config=True)
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (comma-separated integers).")
 _KEEP_FRACTIONS = flags.DEFINE_list("keep_fractions", ["0.05", "0.1", "0.3", "0.5"],
                                     "Keep fractions of the tickets (comma-separated).")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Steps of every run (default: the "
-                                  "config's num_steps).", lower_bound=1)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 2000, "Generated samples per evaluation.",
                                     lower_bound=2)
 _TRAIN = flags.DEFINE_bool("train", True, "Train unfinished runs; with --notrain only finished "
@@ -50,8 +53,9 @@ _GLOBAL_OVERRIDES = flags.DEFINE_list("global_overrides", [], "Config overrides 
 _SHARD = flags.DEFINE_string("shard", "0/1", "INDEX/COUNT: train and evaluate only every "
                              "COUNT-th run from INDEX, to run COUNT sweep processes side by "
                              "side; tabulate afterwards with --notrain (COUNT 1 only).")
-_SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation"], "Real images the runs are "
-                           "scored against: test (reported numbers) or validation (tuning).")
+_SPLIT = flags.DEFINE_string("split", "test", "Real images the runs are scored against: test "
+                             "(reported numbers) or validation (tuning).")
+flags.mark_flags_as_required(["config"])
 
 
 def _parse(values, kind, what):
@@ -71,13 +75,17 @@ def _installed(command: list[str]) -> list[str]:
 
 def main(argv):
   del argv
+  from slt_tf import data  # pylint: disable=g-import-not-at-top
   from slt_tf import errors  # pylint: disable=g-import-not-at-top
   from slt_tf import sweep  # pylint: disable=g-import-not-at-top
+  from slt_tf import train  # pylint: disable=g-import-not-at-top
   from slt_tf import workdir_evaluation  # pylint: disable=g-import-not-at-top
 
-  if not os.path.isfile(_CONFIG.value):
-    raise errors.SltError(f"--config={_CONFIG.value} is not a file; e.g. configs/digits.py")
-  num_steps = _NUM_STEPS.value or runpy.run_path(_CONFIG.value)["get_config"]().num_steps
+  config_arguments = sweep.config_arguments(flags.FLAGS)
+  config_path = flags.FLAGS["config"].config_filename
+  train.validate_config(_CONFIG.value)
+  data.validate_evaluation_split(_SPLIT.value)
+  num_steps = _CONFIG.value.num_steps
   runs = sweep.grid(_parse(_SEEDS.value, int, "seeds"),
                     _parse(_KEEP_FRACTIONS.value, float, "keep_fractions"),
                     _parse(_GLOBAL_KEEP_FRACTIONS.value, float, "global_keep_fractions"))
@@ -99,15 +107,19 @@ def main(argv):
     run_dir = (_DENSE_BASE_DIR.value or base_dir) if run.method == sweep.DENSE else base_dir
     workdir = os.path.join(run_dir, run.name)
     if _TRAIN.value and sweep.trained_step(workdir) < num_steps:
-      command = _installed(sweep.train_command(run, config=_CONFIG.value, workdir=workdir,
-                                               num_steps=num_steps))
       overrides = {sweep.DENSE: _DENSE_OVERRIDES.value, sweep.GLOBAL: _GLOBAL_OVERRIDES.value}
-      command += [f"--config.{override}" for override in overrides.get(run.method, [])]
+      command = _installed(sweep.train_command(
+          run, config_arguments=config_arguments, workdir=workdir,
+          overrides=overrides.get(run.method, ())))
       logging.info("Training %s: %s", run.name, " ".join(command))
       os.makedirs(run_dir, exist_ok=True)
       train_start = time.time()
-      with open(os.path.join(run_dir, f"{run.name}.train.log"), "a") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+      log_path = os.path.join(run_dir, f"{run.name}.train.log")
+      with open(log_path, "a") as log:
+        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+      if status.returncode:
+        raise errors.SltError(f"training {run.name} failed (exit status {status.returncode}); "
+                              f"its output is in {log_path}")
       sweep.add_train_seconds(workdir, time.time() - train_start)
     step = sweep.trained_step(workdir)
     if step < num_steps:
@@ -144,7 +156,7 @@ def main(argv):
   dense_note = f", dense {' '.join(_DENSE_OVERRIDES.value)}" if _DENSE_OVERRIDES.value else ""
   written = sweep.write_results(
       results, results_dir,
-      title=f"{_CONFIG.value}, {num_steps} steps, {_NUM_SAMPLES.value} samples{dense_note}")
+      title=f"{config_path}, {num_steps} steps, {_NUM_SAMPLES.value} samples{dense_note}")
   first = {run.group: os.path.join((_DENSE_BASE_DIR.value or base_dir) if run.method ==
                                    sweep.DENSE else base_dir, run.name, "samples", "final.png")
            for run in reversed(runs)}  # The first seed's run of each row.
@@ -153,7 +165,7 @@ def main(argv):
            if group in first and os.path.exists(first[group])}
   if len(shown) == 2:
     sweep.side_by_side(shown, os.path.join(results_dir, "samples_dense_vs_ticket.png"),
-                       title=f"{_CONFIG.value}, seed {runs[0].seed}, {num_steps} steps")
+                       title=f"{config_path}, seed {runs[0].seed}, {num_steps} steps")
   with open(written["paths"]["results.md"], encoding="utf-8") as f:
     print(f.read())
   if missing:
