@@ -100,7 +100,7 @@ def main(argv):
 
   baked = bake.bake(generator)
   # The same plain twin with Keras' dense random kernels; a second one is the A/A control
-  # (two models that must be equally fast: their ratio shows the noise of this machine).
+  # (two models that must be equally fast: their ratio shows the machine's noise).
   dense = generators.build(spec, plain=True)
   dense_control = generators.build(spec, plain=True)
   models = (("baked", baked), ("dense", dense), ("dense_control", dense_control))

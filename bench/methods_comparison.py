@@ -90,8 +90,8 @@ def markdown(rows: list[dict]) -> str:
         f"| {row['label']} | {keep} | {kept} | {row['fid']:.2f} | {row['kid']:.4f} | "
         f"{row['precision']:.3f} | {row['recall']:.3f} | {row['density']:.3f} | "
         f"{row['coverage']:.3f} | {row['step']} | {row['weight_updates']} | {wall} |")
-  lines.append("| edge-popup inside the trained dense generator | 0.1, 0.3 | not yet (issue 14 "
-               "item 3) |" + " |" * 9)
+  lines.append("| edge-popup inside the trained dense generator | 0.1, 0.3 | not run "
+               "(`generator.init_checkpoint`) |" + " |" * 9)
   return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ FID is NOT the published one and must not be compared with the paper's numbers (
 and bin/evaluate's line name the network). Published FIDs use the 2015 FID Inception graph:
   --config.eval.network=fid_inception --config.eval.weights=/path/fid_inception.npz
 with pytorch-fid's pt_inception-2015-12-05 weights converted as slt_tf/fid_inception.py says
-(docs/method.md, "Evaluation protocol"); those weights are not shipped or downloaded here.
+(docs/method.md, "Evaluation protocol"); slt_tf neither ships nor downloads those weights.
 """
 
 from slt_tf import config_schema as default

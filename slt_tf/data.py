@@ -213,8 +213,8 @@ def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuild
              else 'the default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)')
     flag = f' --data_dir={data_dir}' if data_dir is not None else ''
     raise SltError(f'Dataset {name!r} is not prepared in {where}: run '
-                   f'`tfds build {name}{flag}` on a machine with internet access and copy '
-                   'the data_dir here.')
+                   f'`tfds build {name}{flag}` on a machine with internet access and copy the '
+                   'prepared data_dir to this path.')
   return builder
 
 

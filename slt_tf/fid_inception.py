@@ -12,7 +12,7 @@ network as pytorch-fid's `FIDInceptionA/C/E_1/E_2` blocks describe it:
 - 299x299x3 input in [-1, 1]; outputs pool3 (global average of Mixed_7c, 2048-d) and the
   1008 logits of its `fc` layer.
 
-Weights are never downloaded here: pass a local file.
+slt_tf never downloads the weights: pass a local file.
 - `.npz`: pytorch-fid's state dict as NumPy arrays under its own keys, e.g. from
       state = torch.load("pt_inception-2015-12-05-6726825d.pth", map_location="cpu")
       numpy.savez("fid_inception.npz", **{k: v.numpy() for k, v in state.items()})
@@ -23,9 +23,9 @@ Weights are never downloaded here: pass a local file.
   [2048, 1008]).
 - `.weights.h5`: this Keras model's own `save_weights` file (e.g. after loading the .npz once).
 
-The 2015 weights were not available where this was written: the architecture was checked
-against pytorch-fid's (trainable parameter count 23,850,960, the pooling semantics, the
-conversion on random arrays), not against reference activations.
+slt_tf ships no 2015 weights, so its tests check the architecture against pytorch-fid's
+(trainable parameter count 23,850,960, the pooling semantics, the conversion on random arrays),
+not against reference activations.
 """
 
 from __future__ import annotations
@@ -252,8 +252,8 @@ def build(weights: str | None) -> keras.Model:
   if weights in ("default", "imagenet"):
     raise errors.SltError(
         "fid_inception needs eval.weights=PATH: the 2015 FID Inception weights as a local .npz "
-        "(pytorch-fid's pt_inception-2015-12-05 state dict) or .weights.h5 file; they cannot be "
-        "downloaded here (slt_tf/fid_inception.py)")
+        "(pytorch-fid's pt_inception-2015-12-05 state dict) or .weights.h5 file; slt_tf does not "
+        "download them (slt_tf/fid_inception.py says how to convert them)")
   model = build_model()
   if weights is not None:
     load_weights(model, weights)

@@ -1,4 +1,4 @@
-"""Tests for slt_tf/export/bake.py: masks baked into the plain twin, from a workdir or a ticket file."""
+"""Tests for slt_tf/export/bake.py: masks baked into the plain twin, from a workdir or a ticket."""
 
 import json
 import os

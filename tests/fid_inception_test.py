@@ -1,6 +1,6 @@
-"""Issue 13 #4: the 2015 FID Inception network (eval.network=fid_inception), random weights.
+"""The 2015 FID Inception network (eval.network=fid_inception), random weights.
 
-The real weights (pytorch-fid's pt_inception-2015-12-05) are not available here: these tests
+The real weights (pytorch-fid's pt_inception-2015-12-05) are not part of slt_tf: these tests
 check the architecture against pytorch-fid's (shapes, parameter count, pooling semantics),
 the state-dict conversion on random arrays, and the evaluation pipeline end to end.
 """

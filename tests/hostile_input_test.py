@@ -1,4 +1,4 @@
-"""Issue 11 #7: careless input gives one line naming what is allowed, and leaves nothing."""
+"""Careless input gives one line naming what is allowed, and leaves nothing."""
 
 import json
 import os

@@ -1,5 +1,5 @@
-"""Issue 11 #1, #4, #5, #6: resume never silently restarts, Ctrl-C saves, only result-neutral
-keys are resumable, one process per workdir."""
+"""Resume never silently restarts, Ctrl-C saves, only result-neutral keys are resumable, one
+process per workdir."""
 
 import hashlib
 import os
@@ -90,7 +90,7 @@ def finished(shared_dirs, tmp_path_factory):
   return workdir
 
 
-# ---------------------------------------------------------------------------------- #1
+# ------------------------------------------------------------------ resume never restarts
 
 
 @pytest.mark.parametrize("damage", ["delete_index", "truncate_data"])
@@ -158,7 +158,7 @@ def test_smaller_num_steps_on_resume_is_refused_before_config_json_changes(finis
   assert read(os.path.join(finished, train.CONFIG_FILE)) == before
 
 
-# ---------------------------------------------------------------------------------- #5
+# ------------------------------------------------------------------------- resumable keys
 
 
 def test_num_steps_is_not_resumable_under_cosine(shared_dirs, tmp_path):
@@ -193,7 +193,7 @@ def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finis
       os.path.join(finished, train.TICKET_FILE))
 
 
-# ---------------------------------------------------------------------------------- #4, #6
+# -------------------------------------------------- one process per workdir, Ctrl-C saves
 
 
 def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(shared_dirs, tmp_path):

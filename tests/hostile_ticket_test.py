@@ -1,4 +1,4 @@
-"""Issue 11 #2: a ticket with a valid SHA-256 is still validated before anything is allocated.
+"""A ticket with a valid SHA-256 is still validated before anything is allocated.
 
 Format-1 (zlib) payloads are checked on `blob_v1`, a ticket written as the old writer did;
 the format-2 gap code's own hostile cases are in mask_coding_test.py.

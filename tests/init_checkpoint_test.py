@@ -1,4 +1,4 @@
-"""Issue 14 #3: tickets inside a trained generator (`generator.init_checkpoint`).
+"""Tickets inside a trained generator (`generator.init_checkpoint`).
 
 A tiny dense run of configs/test.py gives the frozen weights; bin/find_ticket searches a ticket
 inside them; the ticket records the checkpoint and the sha256 of those weights, rebuilds and

@@ -1,4 +1,4 @@
-"""Issue 13 #6: masks coded near n * H(k) bits, decoded bit-exactly, hostile codes bounded."""
+"""Masks coded near n * H(k) bits, decoded bit-exactly, hostile codes bounded."""
 
 import os
 import time

@@ -3,7 +3,7 @@
 #
 # Bazel 4 needs either a fixed absolute interpreter path or a checked-in file; this file is
 # the latter, and finds the venv at run time, in this order:
-#   1. $SLT_TF_PYTHON, if set (e.g. SLT_TF_PYTHON=/work/venv/bin/python);
+#   1. $SLT_TF_PYTHON, if set (e.g. SLT_TF_PYTHON=$HOME/venvs/slt_tf/bin/python);
 #   2. <repo>/.venv/bin/python, the venv that .ci/run and docs/bazel.md create;
 #   3. python3 on PATH (with a warning: it probably lacks TensorFlow).
 # <repo> is found by resolving the symlinks Bazel puts in runfiles back to this file.
