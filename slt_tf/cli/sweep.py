@@ -1,4 +1,4 @@
-"""Dense baseline vs tickets at several keep fractions, several seeds, same step budget.
+r"""Dense baseline vs tickets at several keep fractions, several seeds, same step budget.
 
   python -m bin.sweep --config=configs/digits.py --base_dir=runs/sweep \
     --config.num_steps=200 --num_samples=2000
