@@ -21,6 +21,7 @@ from slt_tf import features
 from slt_tf import generators
 from slt_tf import model as model_lib
 from slt_tf import train
+from slt_tf import workdir as workdir_lib
 
 _GENERATOR = flags.DEFINE_string("generator", "resnet32", "Generator name.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Image size.")
@@ -38,7 +39,7 @@ def make_step(method: str, network):
   config.generator.name = _GENERATOR.value
   config.dataset.image_size = _IMAGE_SIZE.value
   channels = 1 if _FEATURES.value == "digits_cnn" else 3
-  spec = train.generator_spec(config, channels)
+  spec = workdir_lib.spec_from_config(config, channels)
   generator = generators.build(spec)
   dim = network.feature_dim
   search = model_lib.TicketSearch(generator, network, np.zeros(dim, np.float32),

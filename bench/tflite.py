@@ -33,6 +33,7 @@ from slt_tf import sampling
 from slt_tf.export import bake
 from slt_tf.export import servable
 from slt_tf.export import tflite
+from slt_tf import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (exactly one of --workdir, "
                                "--ticket).")
@@ -72,7 +73,7 @@ def main(argv):
   tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
   plain, metadata = tflite.baked_generator(workdir=_WORKDIR.value, ticket_path=_TICKET.value)
   latent_dim = int(plain.spec.latent_dim)
-  ticket_path = (_TICKET.value or os.path.join(_WORKDIR.value, bake.TICKET_FILE))
+  ticket_path = (_TICKET.value or os.path.join(_WORKDIR.value, workdir_lib.TICKET_FILE))
   rows = []  # (name, raw bytes, gzip bytes)
   if os.path.exists(ticket_path):
     with open(ticket_path, "rb") as f:

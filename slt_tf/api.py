@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Mapping
 
 import keras
@@ -115,5 +114,4 @@ def export_tflite(source: str, out_path: str, *, quantize: str = "none",
   """bin/export_tflite: a .tflite file of a workdir or ticket file; returns its metadata."""
   _check_backend()
   from slt_tf.export import tflite  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   return tflite.export(out_path, quantize=quantize, sparsity=sparsity, **_source(source))

@@ -3,9 +3,7 @@ TensorBoard, samples."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import threading
 
@@ -18,6 +16,7 @@ from slt_tf import errors
 from slt_tf import images
 from slt_tf import summaries
 from slt_tf import ticket as ticket_lib
+from slt_tf import workdir as workdir_lib
 
 
 def current_step(model: keras.Model) -> int:
@@ -161,16 +160,19 @@ class TensorBoardScalars(keras.callbacks.Callback):
   """Every `every_steps`: the losses (averaged since the last log), and per scored layer the
   fraction of its mask that changed since the last log. Resets the loss averages.
 
-  At the start of training, the run's resolved config (W/config.json, with log_dir W/
-  tensorboard/train) as text `config` and as HParams, so the runs of a sweep compare side by
-  side (`tensorboard --logdir=BASE_DIR`).
+  At the start of training, `config` (the run's resolved config, if given) as text `config`
+  and as HParams of trial `trial_id`, so the runs of a sweep compare side by side
+  (`tensorboard --logdir=BASE_DIR`).
   """
 
-  def __init__(self, log_dir: str, every_steps: int):
+  def __init__(self, log_dir: str, every_steps: int, config: dict | None = None,
+               trial_id: str | None = None):
     super().__init__()
     self.log_dir = log_dir
     self.writer = summaries.writer(log_dir)
     self.every_steps = every_steps
+    self.config = config
+    self.trial_id = trial_id
     self.previous_masks = None
     self.reset_pending = False
 
@@ -183,13 +185,9 @@ class TensorBoardScalars(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     if self.model.generator.mask_rule is not None:
       self.previous_masks = ticket_lib.current_masks(self.model.generator)
-    workdir = os.path.dirname(os.path.dirname(os.path.abspath(self.log_dir)))
-    config_path = os.path.join(workdir, "config.json")
-    if tf.io.gfile.exists(config_path):
-      with tf.io.gfile.GFile(config_path) as f:
-        config = json.load(f)
-      summaries.write_config(self.log_dir, config, current_step(self.model),
-                             trial_id=os.path.basename(workdir))
+    if self.config is not None:
+      summaries.write_config(self.log_dir, self.config, current_step(self.model),
+                             trial_id=self.trial_id)
 
   def on_train_batch_end(self, batch, logs=None):
     step = current_step(self.model)
@@ -223,25 +221,23 @@ def write_sample_grid(generator: keras.Model, z: tf.Tensor, path: str,
 
 
 class SampleGrids(keras.callbacks.Callback):
-  """Writes `samples/step_<N>.png` every `every_steps` from the same fixed latents, and the
-  same grid as the TensorBoard image `samples` into `log_dir` (default: W/tensorboard/train
-  for directory W/samples)."""
+  """Writes W/samples/step_<N>.png every `every_steps` from the same fixed latents, and the
+  same grid as the TensorBoard image `samples` into `log_dir` (default: W/tensorboard/train)."""
 
-  def __init__(self, directory: str, z: tf.Tensor, every_steps: int, upscale: int = 1,
+  def __init__(self, workdir: str, z: tf.Tensor, every_steps: int, upscale: int = 1,
                log_dir: str | None = None):
     super().__init__()
-    self.directory = directory
+    self.workdir = workdir
     self.z = z
     self.every_steps = every_steps
     self.upscale = upscale
-    self.log_dir = log_dir or os.path.join(os.path.dirname(os.path.abspath(directory)),
-                                           "tensorboard", "train")
+    self.log_dir = log_dir or workdir_lib.tensorboard_dir(workdir, "train")
 
   def on_train_batch_end(self, batch, logs=None):
     step = current_step(self.model)
     if step % self.every_steps == 0:
       grid = write_sample_grid(self.model.generator, self.z,
-                               os.path.join(self.directory, f"step_{step:07d}.png"),
+                               workdir_lib.sample_path(self.workdir, step),
                                self.upscale)
       writer = summaries.writer(self.log_dir)
       with writer.as_default(step=step):

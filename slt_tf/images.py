@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import tensorflow as tf
+
+from slt_tf import workdir
 
 
 def to_uint8(images) -> tf.Tensor:
@@ -31,14 +32,12 @@ def grid(images: np.ndarray, columns: int | None = None, padding: int = 1) -> np
 
 
 def save_png(path: str, image: np.ndarray, upscale: int = 1) -> None:
-  """Writes one uint8 [H, W, C] image as PNG (nearest-neighbour upscaled), atomically."""
+  """Writes one uint8 [H, W, C] image as PNG (nearest-neighbour upscaled), atomically, on any
+  filesystem tf.io.gfile knows."""
   image = np.asarray(image)
   if upscale > 1:
     image = image.repeat(upscale, axis=0).repeat(upscale, axis=1)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  temporary = f"{path}.tmp"
-  tf.io.write_file(temporary, tf.io.encode_png(image))
-  os.replace(temporary, path)
+  workdir.atomic_write(path, tf.io.encode_png(image).numpy())
 
 
 def save_grid_png(path: str, images_uint8: np.ndarray, upscale: int = 1) -> None:

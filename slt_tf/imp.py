@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 
 from absl import logging
@@ -34,10 +33,9 @@ import tensorflow as tf
 
 from slt_tf import errors
 from slt_tf import masking
+from slt_tf import workdir as workdir_lib
 
 SCOPES = ("layer", "global")
-MASKS_FILE = "imp_masks.npz"
-ROUNDS_FILE = "imp_rounds.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,26 +229,19 @@ class IterativePruning(keras.callbacks.Callback):
   def _log_round(self, round_index: int, step: int, kept: int, total: int) -> None:
     if self.log_path is None:
       return
-    rounds = []
-    if tf.io.gfile.exists(self.log_path):
-      with tf.io.gfile.GFile(self.log_path) as f:
-        rounds = [r for r in json.load(f) if r["round"] < round_index]
+    rounds = [r for r in workdir_lib.read_json(self.log_path) or [] if r["round"] < round_index]
     rounds.append({"round": round_index, "after_step": step, "num_kept": kept,
                    "num_weights": total, "kept_fraction": kept / total})
-    with tf.io.gfile.GFile(self.log_path + ".tmp", "w") as f:
-      json.dump(rounds, f, indent=2)
-    tf.io.gfile.rename(self.log_path + ".tmp", self.log_path, overwrite=True)
+    workdir_lib.write_json(self.log_path, rounds)
 
 
 def save_masks(state: PruningState, directory: str) -> tuple[str, int, int]:
   """Writes W/imp_masks.npz (bool per layer kernel); returns (path, num_kept, num_weights)."""
   masks = state.numpy_masks()
-  path = os.path.join(directory, MASKS_FILE)
+  path = os.path.join(directory, workdir_lib.IMP_MASKS_FILE)
   buffer = io.BytesIO()  # np.savez seeks back into its output; GFile may not.
   np.savez_compressed(buffer, **masks)
-  with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  workdir_lib.atomic_write(path, buffer.getvalue())
   return (path, sum(int(m.sum()) for m in masks.values()),
           sum(m.size for m in masks.values()))
 
@@ -279,4 +270,5 @@ def attach(search, strategy: tf.distribute.Strategy, schedule: Schedule, log_dir
   method=imp TicketSearch; the callback logs each round to log_dir/imp_rounds.json."""
   with strategy.scope():
     state = make_state(search.generator, [search.ama_mean, search.ama_variance])
-  return state, IterativePruning(state, schedule, os.path.join(log_dir, ROUNDS_FILE))
+  return state, IterativePruning(state, schedule,
+                                 os.path.join(log_dir, workdir_lib.IMP_ROUNDS_FILE))

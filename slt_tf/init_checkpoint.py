@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 
 import numpy as np
@@ -25,6 +24,7 @@ import tensorflow as tf
 from slt_tf import checkpoints
 from slt_tf import errors
 from slt_tf import generators
+from slt_tf import workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,29 +50,24 @@ def resolve(path: str) -> str:
   """The checkpoint prefix `path` names (a dense workdir, its checkpoints/ or ckpt-N)."""
   path = os.path.expanduser(path)
   if tf.io.gfile.isdir(path):
-    config_path = os.path.join(path, "config.json")
-    if tf.io.gfile.exists(config_path):
-      with tf.io.gfile.GFile(config_path) as f:
-        try:
-          method = json.load(f).get("method")
-        except (ValueError, AttributeError, RecursionError):
-          method = None
-      if method != "dense":
-        raise errors.SltError(f"generator.init_checkpoint={path} is a run of method={method}; "
-                              "pass a method=dense run (its workdir or a checkpoint ckpt-N)")
+    advice = "pass a method=dense run (its workdir or a checkpoint ckpt-N)"
+    config = workdir.read_config(path, required=False, advice=advice)
+    if config is not None and config.get("method") != "dense":
+      raise errors.SltError(f"generator.init_checkpoint={path} is a run of "
+                            f"method={config.get('method')}; {advice}")
     directory = path
-    if tf.io.gfile.isdir(os.path.join(path, "checkpoints")):
-      directory = os.path.join(path, "checkpoints")
-    prefix = tf.train.latest_checkpoint(directory)
-    if prefix is None:
+    if tf.io.gfile.isdir(workdir.checkpoint_dir(path)):
+      directory = workdir.checkpoint_dir(path)
+    latest = workdir.latest_in(directory)
+    if latest is None:
       raise errors.SltError(f"generator.init_checkpoint={path} holds no checkpoint; pass a "
                             "dense run's workdir, its checkpoints/ directory or a ckpt-N prefix")
-    return os.path.abspath(prefix)
+    return workdir.absolute(latest.path)
   if not tf.io.gfile.exists(path + ".index"):
     raise errors.SltError(f"generator.init_checkpoint={path} is neither a directory nor a "
                           "checkpoint prefix (no .index file); pass a dense run's workdir or "
                           ".../checkpoints/ckpt-N")
-  return os.path.abspath(path)
+  return workdir.absolute(path)
 
 
 def read_weights(spec: generators.GeneratorSpec, checkpoint: str) -> dict[str, np.ndarray]:

@@ -7,21 +7,11 @@ and refused (one-line SltError) unless their sha256 is the recorded one.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
-from slt_tf import checkpoints
-from slt_tf import generators
 from slt_tf import ticket as ticket_lib
-
-
-def _checkpointed_generator(spec: generators.GeneratorSpec, workdir: str):
-  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-  if path is None:
-    return None, None
-  return checkpoints.restore_generator(spec, path), path
+from slt_tf import workdir as workdir_lib
 
 
 def inspect_workdir(workdir: str, init_checkpoint: str | None = None) -> dict:
@@ -32,10 +22,12 @@ def inspect_workdir(workdir: str, init_checkpoint: str | None = None) -> dict:
   its sha256) and compares it bit for bit with the latest checkpoint's (None when the workdir
   has no checkpoint).
   """
-  path = os.path.join(workdir, "ticket.slt")
+  path = workdir_lib.ticket_path(workdir)
   ticket = ticket_lib.load(path)
   regenerated = ticket_lib.frozen_generator(ticket, init_checkpoint)
-  checkpointed, checkpoint_path = _checkpointed_generator(ticket.spec, workdir)
+  checkpointed, checkpoint_path = None, None
+  if workdir_lib.latest_checkpoint(workdir) is not None:
+    checkpointed, (checkpoint_path, _) = workdir_lib.restore_generator(workdir, ticket.spec)
   layers = []
   for layer in regenerated.scored_layers():
     kernel_mask = ticket.masks[f"{layer.name}/kernel"]

@@ -5,11 +5,12 @@ text and hyperparameters through the HParams plugin."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
+
+from slt_tf import workdir as workdir_lib
 
 _WRITERS: dict[str, tf.summary.SummaryWriter] = {}
 _LOCK = threading.Lock()
@@ -18,7 +19,7 @@ _LOCK = threading.Lock()
 def writer(log_dir: str) -> tf.summary.SummaryWriter:
   """The process's writer of `log_dir` (created on first use, or again if the directory was
   removed since)."""
-  key = os.path.abspath(log_dir)
+  key = workdir_lib.absolute(log_dir)
   with _LOCK:
     existing = _WRITERS.get(key)
     if existing is None or not tf.io.gfile.isdir(log_dir):

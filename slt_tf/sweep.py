@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 import sys
 import textwrap
@@ -23,6 +22,7 @@ import tensorflow as tf
 
 from slt_tf import errors
 from slt_tf import masking
+from slt_tf import workdir as workdir_lib
 
 DENSE = "dense"
 FLOOR = "untrained"
@@ -110,36 +110,19 @@ def train_command(run: Run, *, config_arguments: Sequence[str], workdir: str,
 
 def trained_step(workdir: str) -> int:
   """The step of the latest checkpoint in W/checkpoints (0 when there is none)."""
-  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-  return int(path.rsplit("-", 1)[1]) if path else 0
-
-
-_TRAIN_SECONDS_FILE = "train_seconds.json"
+  latest = workdir_lib.latest_checkpoint(workdir)
+  return latest.step if latest else 0
 
 
 def train_seconds(workdir: str) -> float | None:
   """Wall seconds the sweep spent training `workdir` (all resumptions added), if recorded."""
-  recorded = read_metrics(os.path.join(workdir, _TRAIN_SECONDS_FILE))
+  recorded = workdir_lib.read_json(os.path.join(workdir, workdir_lib.TRAIN_SECONDS_FILE))
   return None if recorded is None else float(recorded["seconds"])
 
 
 def add_train_seconds(workdir: str, seconds: float) -> None:
-  write_json(os.path.join(workdir, _TRAIN_SECONDS_FILE),
-             {"seconds": (train_seconds(workdir) or 0.0) + seconds})
-
-
-def write_json(path: str, values: dict[str, Any]) -> None:
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    json.dump(values, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
-def read_metrics(path: str) -> dict[str, Any] | None:
-  """A metrics.json as a dict, or None when the file does not exist."""
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.TRAIN_SECONDS_FILE),
+                         {"seconds": (train_seconds(workdir) or 0.0) + seconds})
 
 
 def _row_order(group: str) -> tuple[int, float]:
@@ -330,9 +313,17 @@ def plot(rows: Sequence[dict[str, Any]], path: str, *, title: str = "") -> None:
   axes.legend(fontsize=8)
   axes.grid(alpha=0.3)
   figure.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  figure.savefig(path)
+  _save_figure(figure, path)
+
+
+def _save_figure(figure, path: str) -> None:
+  """Writes a matplotlib figure (format from the extension, e.g. .png) through tf.io.gfile,
+  atomically, and closes it."""
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top  # Only when plotting.
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format=os.path.splitext(path)[1][1:] or "png")
   pyplot.close(figure)
+  workdir_lib.atomic_write(path, buffer.getvalue())
 
 
 def write_results(results: Sequence[dict[str, Any]], base_dir: str, *, title: str = "") -> dict:
@@ -354,8 +345,7 @@ def write_results(results: Sequence[dict[str, Any]], base_dir: str, *, title: st
                      + "\n"),
   }
   for name, text in texts.items():
-    with open(paths[name], "w", encoding="utf-8") as f:
-      f.write(text)
+    workdir_lib.atomic_write(paths[name], text)
   plot(rows, paths["fid_vs_keep_fraction.png"], title=title)
   return {"rows": rows, "verdict": verdict, "paths": paths}
 
@@ -364,7 +354,7 @@ def read_eval_curve(workdir: str, metric: str = "fid") -> list[tuple[int, float]
   """(step, value) of the periodic evaluation's `eval/<metric>` scalars in W/tensorboard/eval,
   sorted by step (the last value written for a step wins)."""
   values = {}
-  pattern = os.path.join(workdir, "tensorboard", "eval", "events.out.tfevents.*")
+  pattern = os.path.join(workdir_lib.tensorboard_dir(workdir, "eval"), "events.out.tfevents.*")
   for path in sorted(tf.io.gfile.glob(pattern)):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
@@ -393,9 +383,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, *, title:
   axes.legend(fontsize=8)
   axes.grid(alpha=0.3, which="both")
   figure.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  figure.savefig(path)
-  pyplot.close(figure)
+  _save_figure(figure, path)
 
 
 def side_by_side(grids: dict[str, str], path: str, *, title: str = "") -> None:
@@ -415,6 +403,4 @@ def side_by_side(grids: dict[str, str], path: str, *, title: str = "") -> None:
   if title:
     figure.suptitle(title, fontsize=9)
   figure.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  figure.savefig(path)
-  pyplot.close(figure)
+  _save_figure(figure, path)

@@ -30,6 +30,7 @@ from slt_tf import generators
 from slt_tf import init_checkpoint
 from slt_tf import initializers
 from slt_tf import mask_coding
+from slt_tf import workdir
 
 MAGIC = b"SLTTICKT"
 FORMAT_VERSION = 2
@@ -347,10 +348,7 @@ def expected_arrays(spec: generators.GeneratorSpec) -> dict[str, tuple[int, ...]
 def save(ticket: Ticket, path: str) -> int:
   """Writes the ticket atomically; returns its size in bytes."""
   blob = to_bytes(ticket)
-  temporary = f"{path}.tmp"
-  with tf.io.gfile.GFile(temporary, "wb") as f:
-    f.write(blob)
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  workdir.atomic_write(path, blob)
   return len(blob)
 
 

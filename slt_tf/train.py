@@ -1,14 +1,10 @@
 """train_and_evaluate(config, workdir): the ticket search end to end (the only config reader
 besides bin/).
 
-Workdir layout:
-  config.json                 the resolved config (a rerun with a different one is refused)
-  checkpoints/                tf.train.CheckpointManager (a rerun resumes from the latest)
-  tensorboard/train/          losses, AMA losses, fraction of each mask changed per log
-  samples/step_*.png, final.png
-  ticket.slt                  the ticket (not for method=dense)
-Only the chief writes there; the other workers of a multi-worker run write the same files to a
-temporary directory that is removed at the end (docs/scaling.md).
+It writes the run directory whose layout `slt_tf.workdir` describes: config.json and
+generator.json when the run starts, checkpoints, TensorBoard logs, sample grids, and at the
+end the ticket. Only the chief writes there; the other workers of a multi-worker run write the
+same files to a temporary directory that is removed at the end (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -43,6 +39,7 @@ from slt_tf import model as model_lib
 from slt_tf import moments
 from slt_tf import sampling
 from slt_tf import ticket as ticket_lib
+from slt_tf import workdir as workdir_lib
 from slt_tf import workdir_lock
 
 # Keys that may change when a run is resumed (more steps, other logging): the ticket does not
@@ -51,8 +48,6 @@ from slt_tf import workdir_lock
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every_steps", "log_every_steps",
                   "sample_every_steps", "num_sample_images", "eval.")
 LATER_KEYS = ("imp.", "gem_miner.")  # Schema keys that older workdirs' config.json lack.
-TICKET_FILE = "ticket.slt"
-CONFIG_FILE = "config.json"
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -101,7 +96,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   data.validate_dataset_name(config.dataset.name)
   data.validate_image_size(config.dataset.name, config.dataset.image_size)
   data.validate_evaluation_split(config.eval.split)
-  spec = generator_spec(config, channels=1)
+  spec = workdir_lib.spec_from_config(config, channels=1)
   spec.resolved_filters()
   num_weights = sum(int(np.prod(shape)) for key, shape in ticket_lib.expected_arrays(spec).items()
                     if "/moving_" not in key)
@@ -129,15 +124,6 @@ def _check_range(key: str, value, low: int, high: int | None) -> None:
     raise errors.SltError(f"{key} must be an integer {allowed}, got {value!r}")
 
 
-def generator_spec(config: ml_collections.ConfigDict, channels: int) -> generators.GeneratorSpec:
-  g = config.generator
-  return generators.GeneratorSpec(
-      name=g.name, image_size=config.dataset.image_size, channels=channels,
-      latent_dim=g.latent_dim, filters=tuple(g.filters), method=config.method,
-      keep_fraction=config.keep_fraction, weight_init=g.weight_init, score_init=g.score_init,
-      scale_fan=g.scale_fan, mask_bias=g.mask_bias, seed=config.seed)
-
-
 def resumable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """RESUMABLE_KEYS, less num_steps under lr_schedule=cosine (the decay length)."""
   if config.lr_schedule == "cosine" or config.method == "imp":  # imp: num_steps sets its rounds.
@@ -151,22 +137,13 @@ def _resumable(key: str, keys: tuple[str, ...] = RESUMABLE_KEYS) -> bool:
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool = True) -> None:
   """Refuses a workdir that holds a run with a different config; writes config.json."""
-  path = os.path.join(workdir, CONFIG_FILE)
   resolved = config.to_dict()
   if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
     raise errors.SltError(f"workdir {workdir} is a file; pass a directory (new or of a "
                           "previous run)")
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      try:
-        previous = json.load(f)
-      except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError.
-        raise errors.SltError(f"{path} is not valid JSON ({type(e).__name__}); use a new "
-                              "--workdir") from None
-    if not isinstance(previous, dict):
-      raise errors.SltError(f"{path} holds a JSON {type(previous).__name__}, not a slt_tf "
-                            "config object; use a new --workdir")
-    previous = _flatten(previous)
+  previous = workdir_lib.read_config(workdir, required=False, advice="use a new --workdir")
+  if previous is not None:
+    previous = _flatten(previous.to_dict())
     current = _flatten(json.loads(json.dumps(resolved)))
     defaults = _flatten(json.loads(json.dumps(default_config.get_config().to_dict())))
     for key in set(current) - set(previous):  # Keys added to the schema later, at their
@@ -182,15 +159,13 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool
           f"workdir {workdir} holds a run with a different config ("
           + ", ".join(f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differing)
           + f"){cosine}; use a new --workdir or the same config")
-  elif tf.io.gfile.exists(os.path.join(workdir, "checkpoints")) and tf.io.gfile.listdir(
-      os.path.join(workdir, "checkpoints")):
-    raise errors.SltError(f"workdir {workdir} holds checkpoints but no {CONFIG_FILE}; their "
-                          "config is unknown: use a new --workdir")
+  elif tf.io.gfile.exists(workdir_lib.checkpoint_dir(workdir)) and tf.io.gfile.listdir(
+      workdir_lib.checkpoint_dir(workdir)):
+    raise errors.SltError(f"workdir {workdir} holds checkpoints but no "
+                          f"{workdir_lib.CONFIG_FILE}; their config is unknown: use a new "
+                          "--workdir")
   if write:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-      json.dump(resolved, f, indent=2, sort_keys=True)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    workdir_lib.write_config(workdir, resolved)
 
 
 def _cache_dir(config) -> str:
@@ -244,7 +219,7 @@ def build_model(config, strategy, channels: int, real_mean, real_variance):
   """The TicketSearch model and its optimiser, created in the strategy's scope."""
   with strategy.scope():
     network = feature_network(config, channels)
-    generator = generators.build(generator_spec(config, channels))
+    generator = generators.build(workdir_lib.spec_from_config(config, channels))
     if config.generator.init_checkpoint:  # Frozen weights of a trained dense generator.
       init_checkpoint.initialize(generator, config.generator.init_checkpoint)
     regularizer = None
@@ -270,7 +245,7 @@ def checkpoint_manager(search, workdir: str, **extras) -> tf.train.CheckpointMan
                                    optimizer=search.optimizer,
                                    metrics={t.name: t.variables for t in search.metrics},
                                    **extras)
-  return checkpoints.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
+  return checkpoints.CheckpointManager(checkpoint, workdir_lib.checkpoint_dir(workdir),
                                        max_to_keep=3)
 
 
@@ -355,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Before anything is prepared or built: one run per workdir, and a resume point that never
   # silently starts over (slt_tf/checkpoints.py).
   with workdir_lock.WorkdirLock(workdir, enabled=chief):
-    resume = checkpoints.resume_point(os.path.join(workdir, "checkpoints"), resume_from,
+    resume = checkpoints.resume_point(workdir_lib.checkpoint_dir(workdir), resume_from,
                                       total_steps(config), adopt=chief)
     prepare_inputs(config)
     strategy = strategy or distribution.make_strategy()
@@ -387,6 +362,7 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
   manager = checkpoint_manager(search, write_dir, **extras)
   start = restore(manager, resume)
   prepare_workdir(config, write_dir)
+  workdir_lib.write_generator_spec(write_dir, search.generator.spec)
 
   batch = config.batch_size
   num_steps = total_steps(config)
@@ -398,20 +374,22 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
   options.autotune.enabled = False
   indices = indices.with_options(options)
   upscale = max(1, 64 // config.dataset.image_size)
+  train_log_dir = workdir_lib.tensorboard_dir(write_dir, "train")
   callbacks = [
       callbacks_lib.StopOnNonFinite(manager),
       *method_callbacks,  # Before the checkpoints: a checkpoint of step N holds their update.
-      callbacks_lib.TensorBoardScalars(os.path.join(write_dir, "tensorboard", "train"),
-                                       config.log_every_steps),
-      callbacks_lib.SampleGrids(os.path.join(write_dir, "samples"), sample_latents(config),
-                                config.sample_every_steps, upscale),
+      callbacks_lib.TensorBoardScalars(train_log_dir, config.log_every_steps,
+                                       config=json.loads(json.dumps(config.to_dict())),
+                                       trial_id=os.path.basename(write_dir.rstrip("/"))),
+      callbacks_lib.SampleGrids(write_dir, sample_latents(config), config.sample_every_steps,
+                                upscale, log_dir=train_log_dir),
       callbacks_lib.PeriodicCheckpoint(manager, config.checkpoint_every_steps),
   ]
   preemption = callbacks_lib.PreemptionCheckpoint(manager)
   callbacks.append(preemption)
   if config.eval.every_steps:  # FID/KID/PRDC curve on the held-out split (slt_tf.evaluation).
     callbacks.append(evaluation.PeriodicEvaluation(
-        evaluation.evaluator_from_config(config), os.path.join(write_dir, "tensorboard", "eval"),
+        evaluation.evaluator_from_config(config), workdir_lib.tensorboard_dir(write_dir, "eval"),
         config.eval.every_steps))
   if start < num_steps:
     logging.info("Training steps %d..%d (%d replicas, global batch %d).", start,
@@ -425,7 +403,7 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
     logging.info("Workdir already holds step %d >= num_steps; nothing to train.", start)
 
   callbacks_lib.write_sample_grid(search.generator, sample_latents(config),
-                                  os.path.join(write_dir, "samples", "final.png"), upscale)
+                                  workdir_lib.sample_path(write_dir), upscale)
   step = callbacks_lib.current_step(search)
   summary = {"step": step, "workdir": workdir, "weight_updates": 0 if search.generator.mask_rule
              is not None else step}  # Tickets update scores only; dense and imp, weights.
@@ -436,11 +414,11 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
     ticket = ticket_lib.from_generator(search.generator, {"step": summary["step"]},
                                        init_checkpoint.source_of(
                                            search.generator, config.generator.init_checkpoint))
-    path = os.path.join(write_dir, TICKET_FILE)
+    path = workdir_lib.ticket_path(write_dir)
     summary.update(ticket=path, ticket_bytes=ticket_lib.save(ticket, path),
                    num_weights=ticket.num_weights, num_kept=ticket.num_kept,
                    ticket_sha256=hashlib.sha256(ticket_lib.to_bytes(ticket)).hexdigest())
   summary["dense_fp32_bytes"] = ticket_lib.dense_fp32_bytes(search.generator)
-  summary["samples"] = os.path.join(workdir, "samples", "final.png")
+  summary["samples"] = workdir_lib.sample_path(workdir)
   logging.info("Done: %s", summary)
   return summary

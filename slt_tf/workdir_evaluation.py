@@ -1,7 +1,7 @@
 """Evaluates a run directory: its latest checkpoint (ticket or dense) on the held-out split.
 
-Workdir files it reads and writes (see `slt_tf.train` for the rest of the layout):
-  config.json                  read: dataset, generator, eval network, eval.num_samples
+Workdir files it reads and writes (`slt_tf.workdir` names them all):
+  config.json, generator.json  read: dataset, generator, eval network, eval.num_samples
   checkpoints/                 read: the latest checkpoint's generator (scores or kernels, BN stats)
   metrics.json                 written: the final metrics of the latest checkpoint
   metrics_untrained.json       written with untrained=True: the random generator at step 0
@@ -10,66 +10,15 @@ Workdir files it reads and writes (see `slt_tf.train` for the rest of the layout
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
 from absl import logging
-import ml_collections
-import tensorflow as tf
 
-from slt_tf import checkpoints
 from slt_tf import data
-from slt_tf import errors
 from slt_tf import evaluation
 from slt_tf import generators
-from slt_tf import train
-
-METRICS_FILE = "metrics.json"
-UNTRAINED_METRICS_FILE = "metrics_untrained.json"
-
-
-def metrics_path(workdir: str, *, untrained: bool = False, split: str = "test") -> str:
-  """W/metrics.json (test split), W/metrics_untrained.json; other splits add `_<split>`."""
-  name = UNTRAINED_METRICS_FILE if untrained else METRICS_FILE
-  if split != "test":
-    name = name.replace(".json", f"_{split}.json")
-  return os.path.join(workdir, name)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's resolved config from W/config.json; SltError when it is missing or broken."""
-  path = os.path.join(workdir, train.CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    raise errors.SltError(f"{path} does not exist: --workdir must be a run directory written by "
-                          "bin/find_ticket")
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      return ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-      raise errors.SltError(f"{path} is not valid JSON ({e})") from e
-
-
-def checkpoint_step(path: str) -> int:
-  """The step of a checkpoint path: the trainer saves step N as `.../ckpt-N`."""
-  try:
-    return int(path.rsplit("-", 1)[1])
-  except (IndexError, ValueError) as e:
-    raise errors.SltError(f"cannot read the step from checkpoint name {path}; expected "
-                          "'.../ckpt-<step>' as bin/find_ticket writes") from e
-
-
-def restore_generator(config: ml_collections.ConfigDict,
-                      workdir: str) -> tuple[generators.Generator, str]:
-  """The generator of the latest checkpoint in W/checkpoints, and that checkpoint's path."""
-  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-  if path is None:
-    raise errors.SltError(f"{workdir}/checkpoints holds no checkpoint: train first "
-                          "(bin/find_ticket) or pass --untrained")
-  spec = train.generator_spec(config, data.num_channels(config.dataset.name))
-  generator = checkpoints.restore_generator(spec, path)
-  return generator, path
+from slt_tf import workdir as workdir_lib
 
 
 def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size: int = 250,
@@ -99,14 +48,14 @@ def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size
     checkpoint, method, keep_fraction, seed, untrained and seconds).
   """
   start_time = time.perf_counter()
-  config = load_config(workdir)
+  config = workdir_lib.read_config(workdir)
+  spec = workdir_lib.generator_spec(workdir, fallback_channels=data.num_channels)
   if untrained:
-    generator = generators.build(train.generator_spec(config,
-                                                      data.num_channels(config.dataset.name)))
+    generator = generators.build(spec)
     checkpoint, step = None, 0
   else:
-    generator, checkpoint = restore_generator(config, workdir)
-    step = checkpoint_step(checkpoint)
+    generator, (checkpoint, step) = workdir_lib.restore_generator(
+        workdir, spec, advice="train first (bin/find_ticket) or pass --untrained")
   evaluator = evaluation.evaluator_from_config(config, num_samples=num_samples,
                                                batch_size=batch_size, cache_dir=cache_dir,
                                                progress=progress, split=split)
@@ -114,11 +63,9 @@ def evaluate_workdir(workdir: str, *, num_samples: int | None = None, batch_size
   metrics.update(step=step, checkpoint=checkpoint, untrained=untrained, method=config.method,
                  keep_fraction=config.keep_fraction, seed=config.seed,
                  seconds=time.perf_counter() - start_time)
-  path = metrics_path(workdir, untrained=untrained, split=split)
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    json.dump(metrics, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-  evaluation.write_scalars(os.path.join(workdir, "tensorboard", "eval"), step, metrics)
+  path = workdir_lib.metrics_path(workdir, untrained=untrained, split=split)
+  workdir_lib.write_json(path, metrics)
+  evaluation.write_scalars(workdir_lib.tensorboard_dir(workdir, "eval"), step, metrics)
   logging.info("Wrote %s: fid=%.4g kid=%.4g; %d samples at %.1f samples/s, peak memory %.0f MiB.",
                path, metrics["fid"], metrics["kid"], metrics["num_samples"],
                metrics["samples_per_second"], metrics["peak_memory_mb"])
@@ -130,7 +77,7 @@ def real_reference(workdir: str, *, num_samples: int, split: str = "test",
   """`num_samples` real TRAINING images of the run's dataset scored like a generator against
   the evaluation split (`evaluation.real_reference_metrics`): the floor a perfect generator
   reaches under the same eval network and sample count."""
-  config = load_config(workdir)
+  config = workdir_lib.read_config(workdir)
   evaluator = evaluation.evaluator_from_config(config, num_samples=num_samples,
                                                batch_size=batch_size, split=split)
   name = config.dataset.name

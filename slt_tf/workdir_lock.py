@@ -1,25 +1,31 @@
 """One bin/find_ticket process per workdir: a lock file naming its owner's host and PID.
 
-`W/.lock` is created with O_EXCL (atomic on local file systems and NFSv3+) and holds JSON
-{"host", "pid", "start_time", "created"}. A second process on the same workdir stops with one
-line naming the owner. A lock left by a dead process on this host (no such PID, or a PID reused
-by another process: its start time differs) is taken over with a warning; a lock from another
-host is never taken over automatically (delete the file once that run is gone).
+`W/.lock` (`slt_tf.workdir.LOCK_FILE`) holds JSON {"host", "pid", "start_time", "created"}. A
+second process on the same workdir stops with one line naming the owner. A lock left by a dead
+process on this host (no such PID, or a PID reused by another process: its start time differs)
+is taken over with a warning; a lock from another host is never taken over automatically
+(delete the file once that run is gone).
+
+On a local file system the lock is created with O_EXCL (atomic there and on NFSv3+). Other
+file systems (gs://, ram://, ...) have no exclusive create in tf.io.gfile: there the lock is
+checked, then written, so it still refuses a run started while another one is running, but
+two runs started within the same moment may both take it.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
 import time
 
 from absl import logging
+import tensorflow as tf
 
 from slt_tf import errors
+from slt_tf import workdir as workdir_lib
 
-LOCK_FILE = ".lock"
+_FILE_ERRORS = (OSError, tf.errors.OpError)  # What os and tf.io.gfile raise.
 
 
 def _start_time(pid: int) -> str | None:
@@ -57,7 +63,8 @@ def is_chief_task() -> bool:
 
 
 def _system_error(error: BaseException) -> str:
-  return getattr(error, "strerror", None) or str(error).splitlines()[0]
+  text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_writable_directory(path: str, what: str) -> None:
@@ -84,7 +91,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = os.path.join(workdir, workdir_lib.LOCK_FILE)
     self.enabled = enabled
     self._created_workdir = False
     self._held = False
@@ -97,49 +104,68 @@ class WorkdirLock:
   def __exit__(self, *exc_info) -> None:
     self.release()
 
-  def _owner(self) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "start_time": _start_time(os.getpid()), "created": time.time()}
+  def _owner(self) -> str:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "start_time": _start_time(os.getpid()), "created": time.time()})
+
+  def _create(self) -> None:
+    """Creates the lock file naming this process; FileExistsError if there is one."""
+    if workdir_lib.is_local(self.path):
+      descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+        f.write(self._owner())
+    elif tf.io.gfile.exists(self.path):
+      raise FileExistsError(self.path)
+    else:
+      workdir_lib.atomic_write(self.path, self._owner())
+
+  def _read_owner(self) -> dict | None:
+    """The lock's JSON (None: gone meanwhile); ValueError etc. when it is damaged."""
+    try:
+      with tf.io.gfile.GFile(self.path) as f:
+        return json.loads(f.read())
+    except tf.errors.NotFoundError:
+      return None
 
   def acquire(self) -> None:
     """Creates the workdir if needed and the lock file; SltError if another run holds it."""
-    if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+    if tf.io.gfile.exists(self.workdir) and not tf.io.gfile.isdir(self.workdir):
       raise errors.SltError(f"workdir {self.workdir} is a file; pass a directory (new or of a "
                             "previous run)")
-    self._created_workdir = not os.path.exists(self.workdir)
+    self._created_workdir = not tf.io.gfile.exists(self.workdir)
     try:
-      os.makedirs(self.workdir, exist_ok=True)
-    except OSError as e:
+      tf.io.gfile.makedirs(self.workdir)
+    except _FILE_ERRORS as e:
       raise errors.SltError(f"cannot create workdir {self.workdir} ({_system_error(e)}); pass "
                             "a directory you can write to") from None
     for _ in range(3):
       try:
-        descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        self._create()
       except FileExistsError:
         self._take_over_if_stale()
         continue
-      except OSError as e:
+      except _FILE_ERRORS as e:
         self._remove_created_workdir()
         raise errors.SltError(f"cannot write to workdir {self.workdir} ({_system_error(e)}); "
                               "pass a directory you can write to") from None
-      with os.fdopen(descriptor, "w", encoding="utf-8") as f:
-        json.dump(self._owner(), f)
       self._held = True
       return
     raise errors.SltError(f"cannot take the lock {self.path}: other processes keep creating it")
 
   def _take_over_if_stale(self) -> None:
     try:
-      with open(self.path, encoding="utf-8") as f:
-        owner = json.load(f)
+      owner = self._read_owner()
+      if owner is None:
+        return  # Released meanwhile: try again.
       host, pid = str(owner["host"]), int(owner["pid"])
       start_time = owner.get("start_time")
-    except FileNotFoundError:
-      return  # Released meanwhile: try again.
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, *_FILE_ERRORS):
       owner = None
     if owner is None:  # Being written right now, or damaged.
-      age = time.time() - os.path.getmtime(self.path) if os.path.exists(self.path) else 0
+      try:
+        age = time.time() - tf.io.gfile.stat(self.path).mtime_nsec / 1e9
+      except tf.errors.NotFoundError:
+        age = 0
       if age < 10:
         time.sleep(0.2)
         return
@@ -157,17 +183,24 @@ class WorkdirLock:
                     self.path, pid, host)
     stale = f"{self.path}.stale-{os.getpid()}"
     try:
-      os.rename(self.path, stale)  # Atomic: of two processes taking over, one renames it.
-      os.remove(stale)
-    except FileNotFoundError:
+      tf.io.gfile.rename(self.path, stale)  # Atomic: of two processes taking over, one
+      # renames it.
+      tf.io.gfile.remove(stale)
+    except tf.errors.NotFoundError:
       pass
 
   def _remove_created_workdir(self) -> None:
-    if self._created_workdir:
-      try:
-        os.rmdir(self.workdir)  # Only if empty: a failed first run leaves nothing behind.
-      except OSError:
-        pass
+    """Removes the workdir this lock created if it is still empty (a failed first run leaves
+    nothing behind)."""
+    if not self._created_workdir:
+      return
+    try:
+      if workdir_lib.is_local(self.workdir):
+        os.rmdir(self.workdir)  # Only if empty, atomically.
+      elif not tf.io.gfile.listdir(self.workdir):
+        tf.io.gfile.rmtree(self.workdir)
+    except _FILE_ERRORS:
+      pass
 
   def release(self) -> None:
     """Removes the lock file if this process holds it (idempotent)."""
@@ -175,11 +208,10 @@ class WorkdirLock:
       return
     self._held = False
     try:
-      with open(self.path, encoding="utf-8") as f:
-        mine = json.load(f).get("pid") == os.getpid()
-      if mine:
-        os.remove(self.path)
-    except (OSError, ValueError) as e:
-      if getattr(e, "errno", None) != errno.ENOENT:
+      owner = self._read_owner()
+      if owner is not None and owner.get("pid") == os.getpid():
+        tf.io.gfile.remove(self.path)
+    except (ValueError, AttributeError, *_FILE_ERRORS) as e:
+      if not isinstance(e, tf.errors.NotFoundError):
         logging.warning("Could not remove the lock %s: %s", self.path, e)
     self._remove_created_workdir()

@@ -6,18 +6,21 @@ import shutil
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import keras  # pylint: disable=g-bad-import-order
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from configs import test as test_config
-from slt_tf.export import bake
+from slt_tf import checkpoints
 from slt_tf import errors
 from slt_tf import generators
 from slt_tf import layers
 from slt_tf import masking
 from slt_tf import ticket as ticket_lib
 from slt_tf import train
+from slt_tf import workdir as workdir_lib
+from slt_tf.export import bake
 
 NUM_STEPS = 4
 
@@ -89,10 +92,6 @@ def with_random_scores(generator, seed: int = 0):
 # -------------------------------------------------------------------------- the baked weights
 
 
-def test_workdir_file_names_are_those_train_writes():
-  assert (bake.CONFIG_FILE, bake.TICKET_FILE) == (train.CONFIG_FILE, train.TICKET_FILE)
-
-
 def test_baked_kernels_are_seed_weights_times_ticket_masks_and_bn_statistics_are_the_tickets(
     ticket_run, baked):
   _, ticket = ticket_run
@@ -117,8 +116,8 @@ def test_baked_kernels_are_seed_weights_times_ticket_masks_and_bn_statistics_are
 def test_baked_generator_computes_the_checkpointed_ticket_generator(ticket_run, baked):
   workdir, ticket = ticket_run
   plain, _ = baked
-  path, _ = bake.latest_checkpoint(workdir)
-  scored = bake.restore_generator(ticket.spec, path)
+  path, _ = workdir_lib.latest_checkpoint(workdir)
+  scored = checkpoints.restore_generator(ticket.spec, path)
   z = latents(5, ticket.spec.latent_dim)
   expected = scored(z, training=False).numpy()
   assert expected.std() > 1e-3  # Not a constant image.
@@ -177,19 +176,28 @@ def test_metadata_names_method_keep_fraction_seed_spec_and_step(ticket_run, bake
   json.dumps(metadata)  # Stored in slt_metadata.json.
 
 
-def test_workdir_spec_comes_from_config_json_when_there_is_no_ticket(ticket_run, tmp_path):
+def test_workdir_spec_comes_from_generator_json_or_in_older_workdirs_from_the_ticket(
+    ticket_run, tmp_path):
   workdir, ticket = ticket_run
   copy = str(tmp_path / "w")
   shutil.copytree(workdir, copy)
-  os.remove(os.path.join(copy, "ticket.slt"))
-  assert bake.workdir_spec(copy) == ticket.spec
+  os.rename(os.path.join(copy, "ticket.slt"), os.path.join(copy, "ticket.keep"))
+  assert workdir_lib.generator_spec(copy) == ticket.spec  # generator.json alone.
+  os.remove(os.path.join(copy, workdir_lib.GENERATOR_FILE))  # A workdir of older slt_tf:
+  with pytest.raises(errors.SltError, match="has no generator.json .*rerun bin/find_ticket"):
+    workdir_lib.generator_spec(copy)
+  assert workdir_lib.generator_spec(copy, fallback_channels=lambda name: 1) == ticket.spec
+  os.rename(os.path.join(copy, "ticket.keep"), os.path.join(copy, "ticket.slt"))
+  assert workdir_lib.generator_spec(copy) == ticket.spec  # From the ticket.
+  plain, _ = bake.from_workdir(copy)  # Export needs neither the dataset nor generator.json.
+  assert plain.spec == ticket.spec
 
 
 def test_dense_checkpoint_bakes_its_trained_kernels_unmasked(dense_run):
   plain, metadata = bake.from_workdir(dense_run)
-  spec = bake.workdir_spec(dense_run)
+  spec = workdir_lib.generator_spec(dense_run)
   assert spec.method == "dense"
-  dense = bake.restore_generator(spec, bake.latest_checkpoint(dense_run)[0])
+  dense = checkpoints.restore_generator(spec, workdir_lib.latest_checkpoint(dense_run)[0])
   initial = generators.build(spec)
   for layer in dense.scored_layers():
     twin = plain.body.get_layer(layer.name)
@@ -248,7 +256,8 @@ def test_missing_workdir_or_config_json_is_a_one_line_error(tmp_path):
   with pytest.raises(errors.SltError, match="does not exist") as e:
     bake.from_workdir(str(tmp_path / "nope"))
   assert_one_line(e)
-  with pytest.raises(errors.SltError, match="has no config.json: not a bin/find_ticket") as e:
+  with pytest.raises(errors.SltError, match="config.json does not exist: .* not a run directory "
+                     "of bin/find_ticket") as e:
     bake.from_workdir(str(tmp_path))
   assert_one_line(e)
 
@@ -268,7 +277,7 @@ def test_truncated_checkpoint_is_a_one_line_error(ticket_run, tmp_path):
   workdir, _ = ticket_run
   copy = str(tmp_path / "w")
   shutil.copytree(workdir, copy)
-  path, _ = bake.latest_checkpoint(copy)
+  path, _ = workdir_lib.latest_checkpoint(copy)
   data = f"{path}.data-00000-of-00001"
   with open(data, "r+b") as f:
     f.truncate(os.path.getsize(data) // 2)
@@ -289,6 +298,12 @@ def test_checkpoint_of_another_generator_is_a_one_line_error(ticket_run, tmp_pat
   config["generator"]["filters"] = [24, 16]
   with open(config_path, "w") as f:
     json.dump(config, f)
+  with pytest.raises(errors.SltError, match="generator.json holds generator .* the workdir is "
+                     "inconsistent") as e:
+    bake.from_workdir(copy)
+  assert_one_line(e)
+  spec = workdir_lib.spec_from_config(ml_collections.ConfigDict(config), channels=1)
+  workdir_lib.write_generator_spec(copy, spec)
   with pytest.raises(errors.SltError, match="corrupt or from another generator") as e:
     bake.from_workdir(copy)
   assert_one_line(e)

@@ -9,6 +9,7 @@ import pytest
 import slt_tf  # pylint: disable=unused-import
 from slt_tf import config_schema
 from slt_tf import train
+from slt_tf import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
@@ -24,7 +25,7 @@ def load(name):
 def test_config_is_valid_and_resolves_its_generator(name):
   config = load(name)
   train.validate_config(config)
-  spec = train.generator_spec(config, channels=3)
+  spec = workdir_lib.spec_from_config(config, channels=3)
   assert len(spec.resolved_filters()) >= 1
 
 

@@ -14,6 +14,7 @@ from slt_tf import generators
 from slt_tf import sampling
 from slt_tf import ticket as ticket_lib
 from slt_tf import train
+from slt_tf import workdir as workdir_lib
 
 
 def _strategy(num_replicas):
@@ -56,7 +57,7 @@ def test_one_step_gives_the_same_scores_on_one_and_two_replicas_with_the_same_gl
   one, one_logs = _one_step(1)
   two, two_logs = _one_step(2)
   initial = {layer.name: layer.kernel_scores.numpy() for layer in generators.build(
-      train.generator_spec(_config(), channels=1)).scored_layers()}
+      workdir_lib.spec_from_config(_config(), channels=1)).scored_layers()}
   for key, value in one.items():
     np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
     if key.endswith("/scores"):  # The step moved the scores (Adam: about lr per score).
@@ -68,7 +69,7 @@ def test_one_step_gives_the_same_scores_on_one_and_two_replicas_with_the_same_gl
 def test_loss_moments_on_two_replicas_are_the_moments_of_the_global_batch():
   config = _config()
   # Float64 moments of the whole first global batch, from an identical generator and network.
-  twin = generators.build(train.generator_spec(config, channels=1))
+  twin = generators.build(workdir_lib.spec_from_config(config, channels=1))
   network = train.feature_network(config, channels=1)
   z = sampling.latents(tf.range(config.batch_size, dtype=tf.int64), config.generator.latent_dim,
                        stream=config.seed)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,8 +12,10 @@ import pytest
 import tensorflow as tf
 
 import slt_tf  # pylint: disable=unused-import
+from slt_tf import checkpoints
 from slt_tf import errors
 from slt_tf import ticket as ticket_lib
+from slt_tf import workdir as workdir_lib
 from slt_tf import workdir_evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,9 +122,10 @@ def test_periodic_evaluation_during_training_logs_every_5_steps(ticket_run):
 
 
 def test_restored_generator_equals_the_ticket_files_generator(ticket_run):
-  config = workdir_evaluation.load_config(ticket_run)
-  restored, path = workdir_evaluation.restore_generator(config, ticket_run)
-  assert path.endswith(f"ckpt-{NUM_STEPS}")
+  config = workdir_lib.read_config(ticket_run)
+  restored, (path, step) = workdir_lib.restore_generator(
+      ticket_run, workdir_lib.generator_spec(ticket_run))
+  assert path.endswith(f"ckpt-{NUM_STEPS}") and step == NUM_STEPS
   from_ticket = ticket_lib.build_generator(ticket_lib.load(os.path.join(ticket_run, "ticket.slt")))
   z = tf.random.stateless_normal([8, config.generator.latent_dim], seed=[1, 2])
   np.testing.assert_array_equal(restored(z, training=False).numpy(),
@@ -156,15 +160,14 @@ def test_evaluate_without_a_run_gives_a_one_line_error(tmp_path):
   assert "config.json does not exist" in last and "bin/find_ticket" in last
 
 
-def test_evaluate_without_checkpoint_suggests_training_or_untrained(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps(
-      {"dataset": {"name": "digits"}, "generator": {}}))
+def test_evaluate_without_checkpoint_suggests_training_or_untrained(ticket_run, tmp_path):
+  for name in (workdir_lib.CONFIG_FILE, workdir_lib.GENERATOR_FILE):
+    shutil.copy(os.path.join(ticket_run, name), tmp_path / name)
   with pytest.raises(errors.SltError, match="no checkpoint.*--untrained"):
-    workdir_evaluation.restore_generator(workdir_evaluation.load_config(str(tmp_path)),
-                                         str(tmp_path))
+    workdir_evaluation.evaluate_workdir(str(tmp_path), num_samples=8)
 
 
 def test_checkpoint_step_parses_the_trainers_names():
-  assert workdir_evaluation.checkpoint_step("/w/checkpoints/ckpt-1500") == 1500
-  with pytest.raises(errors.SltError, match="ckpt-<step>"):
-    workdir_evaluation.checkpoint_step("/w/checkpoints/model")
+  assert checkpoints.checkpoint_step("/w/checkpoints/ckpt-1500") == 1500
+  with pytest.raises(errors.SltError, match="ckpt-N"):
+    checkpoints.checkpoint_step("/w/checkpoints/model")

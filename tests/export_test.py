@@ -15,11 +15,13 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from configs import test as test_config
+from slt_tf import checkpoints
 from slt_tf import errors
 from slt_tf import images
 from slt_tf import sampling
 from slt_tf import ticket as ticket_lib
 from slt_tf import train
+from slt_tf import workdir as workdir_lib
 from slt_tf.export import bake
 from slt_tf.export import client
 from slt_tf.export import servable
@@ -251,8 +253,8 @@ def test_export_from_the_ticket_file_alone_equals_export_from_the_checkpoint(fre
 
 def test_dense_checkpoint_exports_its_trained_generator(runs, fresh):
   workdir = runs["dense_workdir"]
-  spec = bake.workdir_spec(workdir)
-  generator = bake.restore_generator(spec, bake.latest_checkpoint(workdir)[0])
+  spec = workdir_lib.generator_spec(workdir)
+  generator = checkpoints.restore_generator(spec, workdir_lib.latest_checkpoint(workdir)[0])
   np.testing.assert_allclose(fresh["dense"]["float"], generator(fresh["z"], training=False),
                              rtol=1e-5, atol=1e-6)
   kernels = [v for name, v in fresh["dense"]["variables"].items() if "kernel" in name]

@@ -16,6 +16,7 @@ from configs import test as test_config
 from slt_tf import callbacks as callbacks_lib
 from slt_tf import sampling
 from slt_tf import train
+from slt_tf import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +72,7 @@ def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(uninter
   wait_for(os.path.join(checkpoints, "ckpt-20.index"), process)  # Maybe mid-save: fine too.
   process.send_signal(signal.SIGKILL)
   finish(process)
-  assert not os.path.exists(os.path.join(workdir, train.TICKET_FILE))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.TICKET_FILE))
   # A save cut short by a crash (files on disk, not in the `checkpoint` state) is never loaded.
   with open(os.path.join(checkpoints, "ckpt-35.index"), "wb") as f:
     f.write(b"half written")
@@ -81,8 +82,8 @@ def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(uninter
   assert returncode == 0, stderr[-5000:]
   resumed = re.search(r"Resumed from \S+ckpt-(\d+) at step (\d+)", stderr)
   assert resumed and resumed.group(1) in ("10", "20"), stderr[-3000:]
-  assert read(os.path.join(workdir, train.TICKET_FILE)) == read(
-      os.path.join(uninterrupted, train.TICKET_FILE))
+  assert read(os.path.join(workdir, workdir_lib.TICKET_FILE)) == read(
+      os.path.join(uninterrupted, workdir_lib.TICKET_FILE))
 
 
 def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(shared_dirs, tmp_path):
@@ -103,7 +104,7 @@ def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(shared_dirs, tmp_p
   assert 10 <= step < 400
   assert tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{step}")
   assert os.path.exists(os.path.join(checkpoints, f"ckpt-{step}.index"))
-  assert not os.path.exists(os.path.join(workdir, train.TICKET_FILE))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.TICKET_FILE))
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(checkpoints))
   assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == step
 
@@ -134,4 +135,4 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     value = reader.get_tensor(name)
     if np.issubdtype(np.asarray(value).dtype, np.floating):
       assert np.all(np.isfinite(value)), name
-  assert not os.path.exists(os.path.join(workdir, train.TICKET_FILE))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.TICKET_FILE))

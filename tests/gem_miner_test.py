@@ -18,6 +18,8 @@ from slt_tf import masking
 from slt_tf import ticket as ticket_lib
 from slt_tf import train
 from slt_tf.export import bake
+from slt_tf import checkpoints
+from slt_tf import workdir as workdir_lib
 
 
 def _scores(shape=(7, 9), seed=0):
@@ -150,8 +152,8 @@ def test_gem_miner_run_writes_a_ticket_whose_mask_is_scores_at_least_one_half(ge
   ticket = ticket_lib.load(summary["ticket"])
   assert ticket.spec.method == "gem_miner" and ticket.spec.keep_fraction == 0.3
   assert summary["num_kept"] == ticket.num_kept and summary["weight_updates"] == 0
-  checkpoint, _ = bake.latest_checkpoint(workdir)
-  generator = bake.restore_generator(ticket.spec, checkpoint)
+  checkpoint, _ = workdir_lib.latest_checkpoint(workdir)
+  generator = checkpoints.restore_generator(ticket.spec, checkpoint)
   for layer in generator.scored_layers():
     scores = layer.kernel_scores.numpy()
     assert scores.min() >= 0.0 and scores.max() <= 1.0

@@ -14,6 +14,7 @@ from slt_tf import checkpoints
 from slt_tf import train
 from slt_tf import workdir_lock
 from slt_tf.errors import SltError
+from slt_tf import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +54,7 @@ def test_bad_generator_values_are_refused_before_anything_runs(tmp_path, overrid
     ("{", r"is not valid JSON \(JSONDecodeError\); use a new --workdir"),
 ])
 def test_config_json_of_the_wrong_type_is_one_line(tmp_path, content, message):
-  (tmp_path / train.CONFIG_FILE).write_text(content)
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(content)
   with pytest.raises(SltError, match=message):
     train.prepare_workdir(config_for(tmp_path), str(tmp_path), write=False)
 

@@ -20,6 +20,7 @@ from slt_tf import checkpoints
 from slt_tf import train
 from slt_tf import workdir_lock
 from slt_tf.errors import SltError
+from slt_tf import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +124,7 @@ def test_resume_from_sets_newer_checkpoints_aside_and_ends_with_the_same_ticket(
   shutil.copytree(finished, workdir)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   os.remove(os.path.join(checkpoint_dir, "ckpt-40.index"))
-  os.remove(os.path.join(workdir, train.TICKET_FILE))
+  os.remove(os.path.join(workdir, workdir_lib.TICKET_FILE))
   kept = read(os.path.join(checkpoint_dir, "ckpt-40.data-00000-of-00001"))
   returncode, stderr = finish(find_ticket(workdir, shared_dirs, "--resume_from=ckpt-30"))
   assert returncode == 0, stderr[-3000:]
@@ -131,8 +132,8 @@ def test_resume_from_sets_newer_checkpoints_aside_and_ends_with_the_same_ticket(
   aside = [d for d in os.listdir(checkpoint_dir) if d.startswith("superseded-")]
   assert len(aside) == 1
   assert read(os.path.join(checkpoint_dir, aside[0], "ckpt-40.data-00000-of-00001")) == kept
-  assert read(os.path.join(workdir, train.TICKET_FILE)) == read(
-      os.path.join(finished, train.TICKET_FILE))
+  assert read(os.path.join(workdir, workdir_lib.TICKET_FILE)) == read(
+      os.path.join(finished, workdir_lib.TICKET_FILE))
 
 
 def test_checkpoints_without_state_file_are_not_overwritten(tmp_path):
@@ -151,11 +152,11 @@ def test_unusable_resume_from_names_the_usable_ones(finished):
 
 
 def test_smaller_num_steps_on_resume_is_refused_before_config_json_changes(finished):
-  before = read(os.path.join(finished, train.CONFIG_FILE))
+  before = read(os.path.join(finished, workdir_lib.CONFIG_FILE))
   with pytest.raises(SltError, match=r"holds step 40 \(ckpt-40\) but num_steps=30; num_steps "
                      r"can only grow on resume \(use >= 40\)"):
     checkpoints.resume_point(os.path.join(finished, "checkpoints"), None, 30, adopt=True)
-  assert read(os.path.join(finished, train.CONFIG_FILE)) == before
+  assert read(os.path.join(finished, workdir_lib.CONFIG_FILE)) == before
 
 
 # ------------------------------------------------------------------------- resumable keys
@@ -189,8 +190,8 @@ def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finis
                                                       if k in flat}), workdir)
   summary = train.train_and_evaluate(config_for(shared_dirs), workdir)
   assert summary["step"] == 40
-  assert read(os.path.join(workdir, train.TICKET_FILE)) == read(
-      os.path.join(finished, train.TICKET_FILE))
+  assert read(os.path.join(workdir, workdir_lib.TICKET_FILE)) == read(
+      os.path.join(finished, workdir_lib.TICKET_FILE))
 
 
 # -------------------------------------------------- one process per workdir, Ctrl-C saves
@@ -218,13 +219,13 @@ def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(shared_dirs
   assert "Traceback" not in stderr
   step = int(stopped.group(1))
   assert tf.train.latest_checkpoint(checkpoint_dir).endswith(f"ckpt-{step}")
-  assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
-  lock_path = tmp_path / workdir_lock.LOCK_FILE
+  lock_path = tmp_path / workdir_lib.LOCK_FILE
   lock_path.write_text(f'{{"host": "{socket.gethostname()}", "pid": {dead.pid}}}')
   with workdir_lock.WorkdirLock(str(tmp_path)):
     assert f'"pid": {os.getpid()}' in lock_path.read_text()
@@ -235,7 +236,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
 
 
 def test_lock_of_another_host_is_never_taken_over(tmp_path):
-  (tmp_path / workdir_lock.LOCK_FILE).write_text('{"host": "elsewhere", "pid": 1}')
+  (tmp_path / workdir_lib.LOCK_FILE).write_text('{"host": "elsewhere", "pid": 1}')
   with pytest.raises(SltError, match=r"in use by PID 1 on host elsewhere .*delete the lock only "
                      r"if that run is gone"):
     workdir_lock.WorkdirLock(str(tmp_path)).acquire()

@@ -18,6 +18,8 @@ from slt_tf import imp
 from slt_tf import masking
 from slt_tf import train
 from slt_tf.export import bake
+from slt_tf import checkpoints
+from slt_tf import workdir as workdir_lib
 
 
 # ------------------------------------------------------------------ NumPy reference pruning.
@@ -211,13 +213,13 @@ def test_imp_run_trains_all_rounds_and_keeps_exactly_k_per_layer(imp_run):
   assert summary["num_kept"] == sum(int(m.sum()) for m in masks.values()) == sum(
       masking.num_kept(m.size, 0.3) for m in masks.values())
   # The checkpoint's kernels are zero exactly where the masks prune.
-  checkpoint, _ = bake.latest_checkpoint(workdir)
-  generator = bake.restore_generator(bake.workdir_spec(workdir), checkpoint)
+  checkpoint, _ = workdir_lib.latest_checkpoint(workdir)
+  generator = checkpoints.restore_generator(workdir_lib.generator_spec(workdir), checkpoint)
   for layer in generator.weight_layers():
     kernel = layer.kernel.numpy()
     assert np.all(kernel[~masks[layer.name]] == 0), layer.name
     assert np.count_nonzero(kernel) == masks[layer.name].sum(), layer.name
-  rounds = json.load(open(os.path.join(workdir, imp.ROUNDS_FILE)))
+  rounds = json.load(open(os.path.join(workdir, workdir_lib.IMP_ROUNDS_FILE)))
   assert [r["after_step"] for r in rounds] == schedule.boundaries()
 
 
@@ -265,12 +267,12 @@ def test_imp_config_errors_are_one_line(tmp_path_factory):
 def test_workdirs_written_before_the_imp_and_gem_miner_keys_still_resume(tmp_path):
   config = test_config.get_config()
   older = {k: v for k, v in config.to_dict().items() if k not in ("imp", "gem_miner")}
-  (tmp_path / train.CONFIG_FILE).write_text(json.dumps(older))
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(older))
   train.prepare_workdir(config, str(tmp_path), write=False)  # Same config: resumes.
   config.imp.rounds = 5  # Not the default: the older run did not have it.
   with pytest.raises(errors.SltError, match=r"different config \(imp.rounds: None there, 5 now"):
     train.prepare_workdir(config, str(tmp_path), write=False)
   del older["keep_fraction"]  # Only the later keys are matched at their defaults.
-  (tmp_path / train.CONFIG_FILE).write_text(json.dumps(older))
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(older))
   with pytest.raises(errors.SltError, match=r"different config \(keep_fraction: None there"):
     train.prepare_workdir(test_config.get_config(), str(tmp_path), write=False)

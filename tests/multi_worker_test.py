@@ -18,6 +18,7 @@ from configs import test as test_config
 from slt_tf import distribution
 from slt_tf import ticket as ticket_lib
 from slt_tf import train
+from slt_tf import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +95,7 @@ def test_two_workers_end_with_identical_tickets(two_workers):
 def test_two_workers_ticket_equals_the_single_process_tickets(two_workers,
                                                               single_process_tickets):
   workdir, _ = two_workers
-  path = os.path.join(workdir, train.TICKET_FILE)
+  path = os.path.join(workdir, workdir_lib.TICKET_FILE)
   with open(path, "rb") as f, open(single_process_tickets[2], "rb") as g:
     assert f.read() == g.read()  # Same replica count: the same reductions, bit for bit.
   multi, single = ticket_lib.load(path), ticket_lib.load(single_process_tickets[1])
@@ -107,10 +108,10 @@ def test_two_workers_ticket_equals_the_single_process_tickets(two_workers,
 
 def test_only_the_chief_writes_the_workdir_and_the_other_worker_cleans_up(two_workers):
   workdir, (chief, worker) = two_workers
-  assert chief["ticket"] == os.path.join(workdir, train.TICKET_FILE)
+  assert chief["ticket"] == os.path.join(workdir, workdir_lib.TICKET_FILE)
   assert not worker["ticket"].startswith(workdir)
   assert not os.path.exists(os.path.dirname(worker["ticket"]))
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "samples", "tensorboard",
-                                         train.TICKET_FILE]
+                                         workdir_lib.TICKET_FILE]
   events = os.listdir(os.path.join(workdir, "tensorboard", "train"))
   assert len([name for name in events if name.startswith("events.out.tfevents")]) == 1

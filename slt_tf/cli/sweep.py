@@ -73,12 +73,33 @@ def _installed(command: list[str]) -> list[str]:
   return ["slt_tf.cli.find_ticket" if part == "bin.find_ticket" else part for part in command]
 
 
+def _run_logged(command: list[str], log_path: str) -> int:
+  """Runs `command`, appending its output to `log_path` through tf.io.gfile (any filesystem;
+  a remote log is flushed at most every 10 s, not rewritten for every line); returns its exit
+  status."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from slt_tf import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  tf.io.gfile.makedirs(os.path.dirname(log_path) or ".")
+  interval = 0 if workdir_lib.is_local(log_path) else 10
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  with tf.io.gfile.GFile(log_path, "a") as log:
+    flushed = time.time()
+    for line in process.stdout:
+      log.write(line)
+      if time.time() - flushed >= interval:
+        log.flush()
+        flushed = time.time()
+  return process.wait()
+
+
 def main(argv):
   del argv
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from slt_tf import data  # pylint: disable=g-import-not-at-top
   from slt_tf import errors  # pylint: disable=g-import-not-at-top
   from slt_tf import sweep  # pylint: disable=g-import-not-at-top
   from slt_tf import train  # pylint: disable=g-import-not-at-top
+  from slt_tf import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from slt_tf import workdir_evaluation  # pylint: disable=g-import-not-at-top
 
   config_arguments = sweep.config_arguments(flags.FLAGS)
@@ -100,7 +121,7 @@ def main(argv):
   if shard_count > 1:
     runs = runs[shard_index::shard_count]
   base_dir = _BASE_DIR.value
-  os.makedirs(base_dir, exist_ok=True)
+  tf.io.gfile.makedirs(base_dir)
   results, missing = [], []
   start_time = time.time()
   for run in runs:
@@ -112,20 +133,18 @@ def main(argv):
           run, config_arguments=config_arguments, workdir=workdir,
           overrides=overrides.get(run.method, ())))
       logging.info("Training %s: %s", run.name, " ".join(command))
-      os.makedirs(run_dir, exist_ok=True)
       train_start = time.time()
       log_path = os.path.join(run_dir, f"{run.name}.train.log")
-      with open(log_path, "a") as log:
-        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
-      if status.returncode:
-        raise errors.SltError(f"training {run.name} failed (exit status {status.returncode}); "
+      returncode = _run_logged(command, log_path)
+      if returncode:
+        raise errors.SltError(f"training {run.name} failed (exit status {returncode}); "
                               f"its output is in {log_path}")
       sweep.add_train_seconds(workdir, time.time() - train_start)
     step = sweep.trained_step(workdir)
     if step < num_steps:
       missing.append(f"{run.name} (step {step} of {num_steps})")
       continue
-    metrics = sweep.read_metrics(workdir_evaluation.metrics_path(workdir, split=_SPLIT.value))
+    metrics = workdir_lib.read_json(workdir_lib.metrics_path(workdir, split=_SPLIT.value))
     if (metrics is None or metrics["step"] != step
         or metrics["num_samples"] != _NUM_SAMPLES.value):
       metrics = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value,
@@ -133,8 +152,8 @@ def main(argv):
     results.append(dict(metrics, group=run.group, seed=run.seed,
                         train_seconds=sweep.train_seconds(workdir)))
     if _FLOOR.value and run.method == sweep.DENSE:
-      floor = sweep.read_metrics(
-          workdir_evaluation.metrics_path(workdir, untrained=True, split=_SPLIT.value))
+      floor = workdir_lib.read_json(
+          workdir_lib.metrics_path(workdir, untrained=True, split=_SPLIT.value))
       if floor is None or floor["num_samples"] != _NUM_SAMPLES.value:
         floor = workdir_evaluation.evaluate_workdir(workdir, num_samples=_NUM_SAMPLES.value,
                                                     untrained=True, split=_SPLIT.value)
@@ -144,15 +163,15 @@ def main(argv):
     return
   if _REAL_REFERENCE.value and results:
     path = os.path.join(base_dir, f"real_reference_{_SPLIT.value}.json")
-    reference = sweep.read_metrics(path)
+    reference = workdir_lib.read_json(path)
     if reference is None or reference["num_samples"] != _NUM_SAMPLES.value:
       reference = workdir_evaluation.real_reference(
           os.path.join(base_dir, runs[0].name), num_samples=_NUM_SAMPLES.value,
           split=_SPLIT.value)
-      sweep.write_json(path, reference)
+      workdir_lib.write_json(path, reference)
     results.append(dict(reference, group=sweep.REAL, seed=0))
   results_dir = _RESULTS_DIR.value or base_dir
-  os.makedirs(results_dir, exist_ok=True)
+  tf.io.gfile.makedirs(results_dir)
   dense_note = f", dense {' '.join(_DENSE_OVERRIDES.value)}" if _DENSE_OVERRIDES.value else ""
   written = sweep.write_results(
       results, results_dir,
@@ -162,11 +181,11 @@ def main(argv):
            for run in reversed(runs)}  # The first seed's run of each row.
   shown = {label: first[group] for label, group in (("dense (GFMN, weights trained)", sweep.DENSE),
                                                     ("ticket, 10% of the weights kept", "keep 0.1"))
-           if group in first and os.path.exists(first[group])}
+           if group in first and tf.io.gfile.exists(first[group])}
   if len(shown) == 2:
     sweep.side_by_side(shown, os.path.join(results_dir, "samples_dense_vs_ticket.png"),
                        title=f"{config_path}, seed {runs[0].seed}, {num_steps} steps")
-  with open(written["paths"]["results.md"], encoding="utf-8") as f:
+  with tf.io.gfile.GFile(written["paths"]["results.md"]) as f:
     print(f.read())
   if missing:
     print("Not finished (left out of the table): " + ", ".join(missing))

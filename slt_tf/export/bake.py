@@ -9,8 +9,9 @@ its kernels stay variables, so the zeros can be inspected in the SavedModel.
 
 Sources:
   - a workdir written by `train.train_and_evaluate`: the latest checkpoint's generator
-    (ticket methods or method=dense); the spec comes from W/ticket.slt when present, else from
-    W/config.json;
+    (ticket methods or method=dense); the spec comes from the run directory
+    (`slt_tf.workdir.generator_spec`: W/generator.json, checked against W/config.json and
+    W/ticket.slt);
   - a ticket file alone: frozen weights regenerated from its seed, masks from its bits; for a
     ticket found inside a trained generator (`generator.init_checkpoint`), the frozen weights
     are read from the checkpoint it records (or `init_checkpoint`) and checked by sha256.
@@ -19,28 +20,16 @@ Sources:
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import re
 
 from absl import logging
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from slt_tf.export import servable
-from slt_tf import checkpoints
 from slt_tf import errors
 from slt_tf import generators
 from slt_tf import ticket as ticket_lib
-
-restore_generator = checkpoints.restore_generator  # Public here too: tests and callers use it.
-
-CHECKPOINT_DIR = "checkpoints"
-# bin/find_ticket's file names (slt_tf/train.py), repeated here so that exporting a ticket
-# file never imports the training stack; bake_test checks that they agree.
-CONFIG_FILE = "config.json"
-TICKET_FILE = "ticket.slt"
+from slt_tf import workdir as workdir_lib
 
 
 def effective_weights(generator: generators.Generator) -> dict[str, tuple]:
@@ -111,7 +100,7 @@ def _metadata(spec: generators.GeneratorSpec, step: int | None, source: str, pat
       "spec": spec.to_dict(),
       "step": step,
       "source": source,
-      "source_path": os.path.abspath(path),
+      "source_path": workdir_lib.absolute(path),
       "num_kernel_weights": num_weights,
       "num_kernel_nonzero": num_kept,
   }
@@ -159,54 +148,6 @@ def bake_ticket(ticket: ticket_lib.Ticket,
 # ---------------------------------------------------------------------------------- workdir
 
 
-def _read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    raise errors.SltError(f"{workdir} has no {CONFIG_FILE}: not a bin/find_ticket workdir "
-                          "(pass --workdir of a run, or --ticket=PATH of a ticket file)")
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      values = json.load(f)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError.
-      raise errors.SltError(f"{path} is not valid JSON ({type(e).__name__})") from None
-  if not isinstance(values, dict) or not isinstance(values.get("generator"), dict):
-    raise errors.SltError(f"{path} is not a bin/find_ticket config (a JSON object with a "
-                          "'generator' object); pass the --workdir of a run")
-  return ml_collections.ConfigDict(values)
-
-
-def workdir_spec(workdir: str) -> generators.GeneratorSpec:
-  """The run's generator spec: from W/ticket.slt if present (checked against W/config.json),
-  else from W/config.json and the dataset's channel count."""
-  from slt_tf import train  # pylint: disable=g-import-not-at-top  # Heavy: only for workdirs.
-  config = _read_config(workdir)
-  ticket_path = os.path.join(workdir, TICKET_FILE)
-  if tf.io.gfile.exists(ticket_path):
-    spec = ticket_lib.load(ticket_path).spec
-    expected = train.generator_spec(config, spec.channels)
-    if spec.to_dict() != expected.to_dict():
-      raise errors.SltError(f"{ticket_path} holds generator {spec.to_dict()} but "
-                            f"{CONFIG_FILE} describes {expected.to_dict()}; the workdir is "
-                            "inconsistent: export the ticket alone with --ticket=PATH")
-    return spec
-  from slt_tf import data  # pylint: disable=g-import-not-at-top
-  return train.generator_spec(config, data.num_channels(config.dataset.name))
-
-
-def latest_checkpoint(workdir: str) -> tuple[str, int]:
-  """(path, step) of the workdir's latest checkpoint (checkpoints are numbered by step)."""
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  path = tf.train.latest_checkpoint(directory)
-  if path is None:
-    ticket_path = os.path.join(workdir, TICKET_FILE)
-    hint = (f"; export its ticket alone with --ticket={ticket_path}"
-            if tf.io.gfile.exists(ticket_path) else "; train first with bin/find_ticket")
-    raise errors.SltError(f"no checkpoint in {directory} (missing, or its files are gone)"
-                          + hint)
-  match = re.search(r"-(\d+)$", path)
-  return path, int(match.group(1)) if match else None
-
-
 def from_workdir(workdir: str) -> tuple[generators.Generator, dict]:
   """Bakes the latest checkpoint of a training workdir (ticket methods or method=dense).
 
@@ -215,13 +156,17 @@ def from_workdir(workdir: str) -> tuple[generators.Generator, dict]:
 
   Raises:
     SltError: no config.json, no checkpoint, a corrupt or mismatched checkpoint, a tampered
-      ticket.slt.
+      ticket.slt or generator.json.
   """
   if not tf.io.gfile.isdir(workdir):
     raise errors.SltError(f"workdir {workdir} does not exist")
-  spec = workdir_spec(workdir)
-  checkpoint_path, step = latest_checkpoint(workdir)
-  plain = bake(restore_generator(spec, checkpoint_path))
+  spec = workdir_lib.generator_spec(workdir)
+  ticket_path = workdir_lib.ticket_path(workdir)
+  generator, (checkpoint_path, step) = workdir_lib.restore_generator(
+      workdir, spec, advice=(f"export its ticket alone with --ticket={ticket_path}"
+                             if tf.io.gfile.exists(ticket_path) else
+                             "train first with bin/find_ticket"))
+  plain = bake(generator)
   return plain, _metadata(spec, step, "checkpoint", checkpoint_path, plain)
 
 

@@ -23,7 +23,6 @@ from any server or from the SavedModel loaded locally.
 import json
 import os
 import re
-import uuid
 
 from absl import logging
 import keras
@@ -36,6 +35,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from slt_tf import errors
 from slt_tf import images as images_lib
 from slt_tf import sampling
+from slt_tf import workdir as workdir_lib
 
 SERVING_DEFAULT = "serving_default"
 GENERATE_UINT8 = "generate_uint8"
@@ -241,48 +241,45 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
     raise errors.SltError(f"cannot create {model_base_path} ("
                           f"{_one_line(getattr(e, 'message', None) or str(e))}); pass an "
                           "--export_dir you can write to") from None
-  temp_dir = os.path.join(model_base_path, f".tmp-{version}-{uuid.uuid4().hex}")
   done = False
   try:
-    tf.saved_model.save(servable, temp_dir, signatures=servable.signatures())
-    assets_extra = os.path.join(temp_dir, ASSETS_EXTRA)
-    tf.io.gfile.makedirs(assets_extra)
-    with tf.io.TFRecordWriter(os.path.join(assets_extra, WARMUP_FILE)) as writer:
-      for record in warmup_records(model_name, latent_dim, num_warmup_records):
-        writer.write(record)
-    description = {
-        "model_name": model_name,
-        "version": version,
-        "latent_dim": latent_dim,
-        "image_shape": list(image_shape),
-        "max_batch_size": max_batch_size,
-        "signatures": {
-            SERVING_DEFAULT: {"inputs": {"z": ["float32", [None, latent_dim]]},
-                              "outputs": {"images": ["float32", [None, *image_shape]]}},
-            GENERATE_UINT8: {"inputs": {"seeds": ["int64", [None]]},
-                             "outputs": {"images": ["uint8", [None, *image_shape]]}},
-            GENERATE_PNG: {"inputs": {"seeds": ["int64", [None]]},
-                           "outputs": {"images_bytes": ["string", [None]]}},
-        },
-        "latents": "slt_tf.sampling.latents(seeds, latent_dim, stream=0)",
-        "metadata": metadata if metadata is not None else {},
-    }
-    with tf.io.gfile.GFile(os.path.join(assets_extra, METADATA_FILE), "w") as f:
-      f.write(json.dumps(description, indent=2, sort_keys=True) + "\n")
-    if tf.io.gfile.exists(version_dir):  # Someone else wrote it meanwhile.
-      raise errors.SltError(f"version {version} of model {model_name!r} appeared at "
-                            f"{version_dir} during the export; pass a new version number")
-    tf.io.gfile.rename(temp_dir, version_dir)
+    with workdir_lib.atomic_path(version_dir, overwrite=False) as temp_dir:
+      tf.saved_model.save(servable, temp_dir, signatures=servable.signatures())
+      assets_extra = os.path.join(temp_dir, ASSETS_EXTRA)
+      tf.io.gfile.makedirs(assets_extra)
+      with tf.io.TFRecordWriter(os.path.join(assets_extra, WARMUP_FILE)) as writer:
+        for record in warmup_records(model_name, latent_dim, num_warmup_records):
+          writer.write(record)
+      description = {
+          "model_name": model_name,
+          "version": version,
+          "latent_dim": latent_dim,
+          "image_shape": list(image_shape),
+          "max_batch_size": max_batch_size,
+          "signatures": {
+              SERVING_DEFAULT: {"inputs": {"z": ["float32", [None, latent_dim]]},
+                                "outputs": {"images": ["float32", [None, *image_shape]]}},
+              GENERATE_UINT8: {"inputs": {"seeds": ["int64", [None]]},
+                               "outputs": {"images": ["uint8", [None, *image_shape]]}},
+              GENERATE_PNG: {"inputs": {"seeds": ["int64", [None]]},
+                             "outputs": {"images_bytes": ["string", [None]]}},
+          },
+          "latents": "slt_tf.sampling.latents(seeds, latent_dim, stream=0)",
+          "metadata": metadata if metadata is not None else {},
+      }
+      with tf.io.gfile.GFile(os.path.join(assets_extra, METADATA_FILE), "w") as f:
+        f.write(json.dumps(description, indent=2, sort_keys=True) + "\n")
+      if tf.io.gfile.exists(version_dir):  # Someone else wrote it meanwhile.
+        raise errors.SltError(f"version {version} of model {model_name!r} appeared at "
+                              f"{version_dir} during the export; pass a new version number")
     done = True
   except (OSError, tf.errors.OpError) as e:  # Disk full, permissions: one line.
     raise errors.SltError(f"cannot write the SavedModel to {version_dir} ("
                           f"{_one_line(getattr(e, 'message', None) or str(e))})") from None
   finally:
-    if tf.io.gfile.exists(temp_dir):
-      tf.io.gfile.rmtree(temp_dir)
     for directory in reversed(created if not done else []):  # Nothing left behind.
       if tf.io.gfile.isdir(directory) and not tf.io.gfile.listdir(directory):
-        os.rmdir(directory)
+        tf.io.gfile.rmtree(directory)
   logging.info("Wrote TF Serving model %r version %d (images %s) to %s", model_name, version,
                image_shape, version_dir)
   return version_dir

@@ -14,14 +14,13 @@ The model maps `z` float32 [B, latent_dim] (B dynamic; resize the interpreter's 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
 
 from slt_tf import errors
 from slt_tf import generators
+from slt_tf import workdir as workdir_lib
 from slt_tf.export import bake
 
 QUANTIZATIONS = ("none", "dynamic", "float16")
@@ -93,12 +92,7 @@ def export(out_path: str, *, workdir: str | None = None, ticket_path: str | None
     raise errors.SltError(f"--out={out_path} must end in .tflite")
   plain, metadata = baked_generator(workdir=workdir, ticket_path=ticket_path)
   flatbuffer = convert(plain, quantize=quantize, sparsity=sparsity)
-  directory = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(directory, exist_ok=True)
-  temporary = f"{out_path}.tmp"
-  with open(temporary, "wb") as f:
-    f.write(flatbuffer)
-  os.replace(temporary, out_path)
+  workdir_lib.atomic_write(out_path, flatbuffer)
   return dict(metadata, path=out_path, bytes=len(flatbuffer), quantize=quantize,
               sparsity=sparsity)
 
