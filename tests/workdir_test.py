@@ -62,7 +62,7 @@ def test_latest_checkpoint_is_none_or_the_newest_with_its_step(tmp_path):
   latest = workdir_lib.latest_checkpoint(str(tmp_path))
   assert latest == (os.path.join(str(tmp_path), "checkpoints", "ckpt-200"), 200)
   with pytest.raises(errors.SltError, match=r"no checkpoint in \S+ \(missing, or its files are "
-                     "gone\); train first"):
+                     r"gone\); train first"):
     workdir_lib.restore_generator(str(tmp_path / "empty"), None)
 
 
@@ -112,10 +112,12 @@ def test_ticket_is_inspected_and_evaluated_on_ram(ram_run):
 
 
 def test_export_from_ram_serves_the_tickets_images(ram_run):
-  workdir, summary, _, _ = ram_run
-  export_base = os.path.dirname(workdir) + "/export"
-  version_dir = bake.export(export_base=export_base, workdir=workdir)
-  assert tf.io.gfile.listdir(os.path.dirname(version_dir)) == ["1"]  # No temporary left.
+  workdir, summary, _, local = ram_run
+  with pytest.raises(errors.SltError, match=r"ram:// moves no directory contents\); export to "
+                     "a local or gs:// directory"):  # Its rename of a directory: names only.
+    bake.export(export_base=os.path.dirname(workdir) + "/export", workdir=workdir)
+  version_dir = bake.export(export_base=str(local / "export"), workdir=workdir)
+  assert os.listdir(os.path.dirname(version_dir)) == ["1"]  # No temporary left.
   served = tf.saved_model.load(version_dir).signatures["generate_uint8"]
   seeds = tf.range(4, dtype=tf.int64)
   ticket = ticket_lib.load(summary["ticket"])

@@ -272,6 +272,10 @@ def write_servable(generator: keras.Model, *, latent_dim: int, export_base: str,
       if tf.io.gfile.exists(version_dir):  # Someone else wrote it meanwhile.
         raise errors.SltError(f"version {version} of model {model_name!r} appeared at "
                               f"{version_dir} during the export; pass a new version number")
+    if not tf.io.gfile.exists(os.path.join(version_dir, "saved_model.pb")):
+      raise errors.SltError(f"the filesystem of {export_base} renamed {version_dir} without its "
+                            "files (ram:// moves no directory contents); export to a local or "
+                            "gs:// directory")
     done = True
   except (OSError, tf.errors.OpError) as e:  # Disk full, permissions: one line.
     raise errors.SltError(f"cannot write the SavedModel to {version_dir} ("
