@@ -213,15 +213,15 @@ def _stored_spec(path: str) -> generators.GeneratorSpec | None:
 
 def generator_spec(workdir: str, fallback_channels: Callable[[str], int] | None = None
                    ) -> generators.GeneratorSpec:
-  """The run's generator spec, checked against W/config.json (and W/ticket.slt if present).
+  """The run's generator spec: W/generator.json, checked against W/config.json.
 
-  From W/generator.json; a workdir written before that file existed falls back to its ticket's
-  spec, else to W/config.json with `fallback_channels(dataset name)` (callers that load the
-  dataset anyway pass `data.num_channels`; without it such a dense or imp run is an error
-  asking to rerun bin/find_ticket, which writes the file).
+  A workdir written before generator.json existed falls back to W/config.json with
+  `fallback_channels(dataset name)`: evaluation passes `data.num_channels` (it loads the
+  dataset anyway), export the channels of the run's ticket; without one it is an error asking
+  to rerun bin/find_ticket, which writes the file.
 
   Raises:
-    SltError: a missing or broken config.json or generator.json, or files that disagree.
+    SltError: a missing or broken config.json or generator.json, or the two disagree.
   """
   config = read_config(workdir, advice="pass the --workdir of a run, or --ticket=PATH of a "
                        "ticket file")
@@ -229,29 +229,23 @@ def generator_spec(workdir: str, fallback_channels: Callable[[str], int] | None 
     raise errors.SltError(f"{config_path(workdir)} is not a bin/find_ticket config (a JSON "
                           "object with a 'generator' object); pass the --workdir of a run")
   stored = _stored_spec(os.path.join(workdir, GENERATOR_FILE))
-  ticket = None
-  if tf.io.gfile.exists(ticket_path(workdir)):
-    from slt_tf import ticket as ticket_lib  # pylint: disable=g-import-not-at-top  # Cycle.
-    ticket = ticket_lib.load(ticket_path(workdir)).spec
-  if (stored or ticket) is not None:
-    channels = (stored or ticket).channels
+  if stored is not None:
+    channels = stored.channels
   elif fallback_channels is not None:
     channels = fallback_channels(config.dataset.name)
   else:
-    raise errors.SltError(f"{workdir} has no {GENERATOR_FILE} (older slt_tf wrote none) and no "
-                          "ticket: rerun bin/find_ticket with the same --workdir and config to "
-                          "write it (a finished run trains nothing more)")
+    raise errors.SltError(f"{workdir} has no {GENERATOR_FILE} (older slt_tf wrote none): rerun "
+                          "bin/find_ticket with the same --workdir and config to write it (a "
+                          "finished run trains nothing more)")
   try:
     expected = spec_from_config(config, channels)
   except (AttributeError, KeyError, TypeError) as e:
     raise errors.SltError(f"{config_path(workdir)} lacks generator key {e}; pass the --workdir "
                           "of a bin/find_ticket run") from None
-  for name, spec, advice in ((GENERATOR_FILE, stored, "use a new --workdir"),
-                             (TICKET_FILE, ticket, "export the ticket alone with --ticket=PATH")):
-    if spec is not None and spec.to_dict() != expected.to_dict():
-      raise errors.SltError(f"{os.path.join(workdir, name)} holds generator {spec.to_dict()} but "
-                            f"{CONFIG_FILE} describes {expected.to_dict()}; the workdir is "
-                            f"inconsistent: {advice}")
+  if stored is not None and stored.to_dict() != expected.to_dict():
+    raise errors.SltError(f"{os.path.join(workdir, GENERATOR_FILE)} holds generator "
+                          f"{stored.to_dict()} but {CONFIG_FILE} describes {expected.to_dict()}; "
+                          "the workdir is inconsistent: use a new --workdir")
   return expected
 
 

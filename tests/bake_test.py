@@ -188,8 +188,7 @@ def test_workdir_spec_comes_from_generator_json_or_in_older_workdirs_from_the_ti
     workdir_lib.generator_spec(copy)
   assert workdir_lib.generator_spec(copy, fallback_channels=lambda name: 1) == ticket.spec
   os.rename(os.path.join(copy, "ticket.keep"), os.path.join(copy, "ticket.slt"))
-  assert workdir_lib.generator_spec(copy) == ticket.spec  # From the ticket.
-  plain, _ = bake.from_workdir(copy)  # Export needs neither the dataset nor generator.json.
+  plain, _ = bake.from_workdir(copy)  # Export takes the ticket's channels, not the dataset's.
   assert plain.spec == ticket.spec
 
 

@@ -10,8 +10,7 @@ its kernels stay variables, so the zeros can be inspected in the SavedModel.
 Sources:
   - a workdir written by `train.train_and_evaluate`: the latest checkpoint's generator
     (ticket methods or method=dense); the spec comes from the run directory
-    (`slt_tf.workdir.generator_spec`: W/generator.json, checked against W/config.json and
-    W/ticket.slt);
+    (`slt_tf.workdir.generator_spec`), checked against W/ticket.slt when present;
   - a ticket file alone: frozen weights regenerated from its seed, masks from its bits; for a
     ticket found inside a trained generator (`generator.init_checkpoint`), the frozen weights
     are read from the checkpoint it records (or `init_checkpoint`) and checked by sha256.
@@ -160,8 +159,14 @@ def from_workdir(workdir: str) -> tuple[generators.Generator, dict]:
   """
   if not tf.io.gfile.isdir(workdir):
     raise errors.SltError(f"workdir {workdir} does not exist")
-  spec = workdir_lib.generator_spec(workdir)
   ticket_path = workdir_lib.ticket_path(workdir)
+  ticket = ticket_lib.load(ticket_path) if tf.io.gfile.exists(ticket_path) else None
+  spec = workdir_lib.generator_spec(  # A workdir of older slt_tf: the ticket's channels.
+      workdir, fallback_channels=None if ticket is None else lambda _: ticket.spec.channels)
+  if ticket is not None and ticket.spec.to_dict() != spec.to_dict():
+    raise errors.SltError(f"{ticket_path} holds generator {ticket.spec.to_dict()} but the "
+                          f"workdir describes {spec.to_dict()}; the workdir is inconsistent: "
+                          "export the ticket alone with --ticket=PATH")
   generator, (checkpoint_path, step) = workdir_lib.restore_generator(
       workdir, spec, advice=(f"export its ticket alone with --ticket={ticket_path}"
                              if tf.io.gfile.exists(ticket_path) else
