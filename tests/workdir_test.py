@@ -19,6 +19,7 @@ from slt_tf import ticket as ticket_lib
 from slt_tf import train
 from slt_tf import workdir as workdir_lib
 from slt_tf import workdir_evaluation
+from slt_tf import workdir_lock
 from slt_tf.export import bake
 
 
@@ -64,6 +65,16 @@ def test_latest_checkpoint_is_none_or_the_newest_with_its_step(tmp_path):
   with pytest.raises(errors.SltError, match=r"no checkpoint in \S+ \(missing, or its files are "
                      r"gone\); train first"):
     workdir_lib.restore_generator(str(tmp_path / "empty"), None)
+
+
+def test_lock_on_a_filesystem_without_exclusive_create_still_refuses_a_second_run():
+  workdir = f"ram://lock-{uuid.uuid4().hex}/w"
+  lock_path = os.path.join(workdir, workdir_lib.LOCK_FILE)
+  with workdir_lock.WorkdirLock(workdir):
+    assert workdir_lib.read_json(lock_path)["pid"] == os.getpid()
+    with pytest.raises(errors.SltError, match=rf"is in use by PID {os.getpid()} on this host"):
+      workdir_lock.WorkdirLock(workdir).acquire()
+  assert not tf.io.gfile.exists(lock_path)
 
 
 @pytest.fixture(scope="module")
