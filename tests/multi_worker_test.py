@@ -111,7 +111,7 @@ def test_only_the_chief_writes_the_workdir_and_the_other_worker_cleans_up(two_wo
   assert chief["ticket"] == os.path.join(workdir, workdir_lib.TICKET_FILE)
   assert not worker["ticket"].startswith(workdir)
   assert not os.path.exists(os.path.dirname(worker["ticket"]))
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "samples", "tensorboard",
-                                         workdir_lib.TICKET_FILE]
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "generator.json", "samples",
+                                         "tensorboard", workdir_lib.TICKET_FILE]
   events = os.listdir(os.path.join(workdir, "tensorboard", "train"))
   assert len([name for name in events if name.startswith("events.out.tfevents")]) == 1
