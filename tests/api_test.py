@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -16,6 +18,7 @@ def readme_block(section: str) -> str:
   return re.search(r"```python\n(.*?)```", body, re.S).group(1)
 
 
+@pytest.mark.e2e
 def test_readme_python_api_block_runs_as_written(tmp_path):
   code = readme_block("Python API")
   assert "slt_tf.find_ticket(config, workdir)" in code

@@ -9,51 +9,28 @@ import keras  # pylint: disable=g-bad-import-order
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from configs import test as test_config
 from slt_tf import checkpoints
 from slt_tf import errors
 from slt_tf import generators
 from slt_tf import layers
 from slt_tf import masking
 from slt_tf import ticket as ticket_lib
-from slt_tf import train
 from slt_tf import workdir as workdir_lib
 from slt_tf.export import bake
 
-NUM_STEPS = 4
-
-
-def train_workdir(workdir: str, shared_dir: str, method: str) -> dict:
-  """configs/test.py for a few steps with a random (untrained) digits_cnn; data in shared_dir."""
-  config = test_config.get_config()
-  config.method = method
-  config.num_steps = NUM_STEPS
-  config.checkpoint_every_steps = config.log_every_steps = config.sample_every_steps = 2
-  config.features.weights = "none"
-  config.dataset.data_dir = os.path.join(shared_dir, "tfds")
-  config.features.cache_dir = os.path.join(shared_dir, "cache")
-  return train.train_and_evaluate(config, workdir, strategy=tf.distribute.get_strategy())
+NUM_STEPS = 4  # Of short_run (tests/conftest.py).
 
 
 @pytest.fixture(scope="module")
-def shared_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("shared"))
+def ticket_run(short_run):
+  workdir = short_run("edge_popup")
+  return workdir, ticket_lib.load(os.path.join(workdir, "ticket.slt"))
 
 
 @pytest.fixture(scope="module")
-def ticket_run(shared_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ticket_run") / "w")
-  summary = train_workdir(workdir, shared_dir, "edge_popup")
-  return workdir, ticket_lib.load(summary["ticket"])
-
-
-@pytest.fixture(scope="module")
-def dense_run(shared_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("dense_run") / "w")
-  train_workdir(workdir, shared_dir, "dense")
-  return workdir
+def dense_run(short_run):
+  return short_run("dense")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from typing import NamedTuple
@@ -36,7 +35,6 @@ from slt_tf.export import servable
 from tests import serving_double
 
 LATENT_DIM = 4
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("serving_double", "tensorflow_model_server")
 GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
 
@@ -402,32 +400,24 @@ def test_save_images_writes_png_grid_and_npz_and_rejects_other_extensions(tmp_pa
 # ------------------------------------------------------------------------ bin/generate_samples
 
 
-def run_generate_samples(*flags):
-  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-  return subprocess.run([sys.executable, "-m", "bin.generate_samples", *flags], cwd=REPO_ROOT,
-                        capture_output=True, text=True, env=environment, timeout=300,
-                        check=False)
-
-
-def test_generate_samples_from_saved_model_writes_png_grid(models, tmp_path):
+@pytest.mark.e2e
+def test_generate_samples_from_saved_model_writes_png_grid(run_binary, models, tmp_path):
   out = tmp_path / "grid.png"
-  result = run_generate_samples(f"--saved_model={models['slt']}", "--num_samples=5", "--seed=3",
-                                f"--out={out}")
-  assert result.returncode == 0, result.stderr[-2000:]
+  run_binary("bin.generate_samples", f"--saved_model={models['slt']}", "--num_samples=5",
+             "--seed=3", f"--out={out}").check()
   grid = tf.io.decode_png(out.read_bytes()).numpy()
   np.testing.assert_array_equal(grid, slt_images.grid(local_images(models, np.arange(3, 8))))
 
 
-def test_generate_samples_without_source_exits_with_one_line_error():
-  result = run_generate_samples("--out=x.png")
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr
-  last_line = result.stderr.strip().splitlines()[-1]
-  assert last_line.startswith("generate_samples: error: give exactly one source")
+@pytest.mark.e2e
+def test_generate_samples_without_source_exits_with_one_line_error(run_binary):
+  line = run_binary("bin.generate_samples", "--out=x.png").error_line()
+  assert line.startswith("generate_samples: error: give exactly one source")
 
 
-def test_generate_samples_help_documents_every_flag():
-  result = run_generate_samples("--help")  # absl exits with status 1 after printing help.
+@pytest.mark.e2e
+def test_generate_samples_help_documents_every_flag(run_binary):
+  result = run_binary("bin.generate_samples", "--help")  # absl exits 1 after printing help.
   assert "Traceback" not in result.stderr
   for flag in ("server", "grpc", "saved_model", "model_name", "version", "num_samples", "seed",
                "signature", "out", "timeout"):

@@ -27,10 +27,3 @@ def test_config_is_valid_and_resolves_its_generator(name):
   train.validate_config(config)
   spec = workdir_lib.spec_from_config(config, channels=3)
   assert len(spec.resolved_filters()) >= 1
-
-
-def test_paper_configs_use_the_papers_hyperparameters():
-  config = load("cifar10_resnet")
-  assert (config.learning_rate, config.beta_1, config.beta_2) == (5e-5, 0.5, 0.999)
-  assert (config.batch_size, config.generator.latent_dim, config.keep_fraction) == (64, 128, 0.1)
-  assert config.loss.ama_learning_rate == 1e-5

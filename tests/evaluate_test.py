@@ -4,8 +4,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,47 +16,37 @@ from slt_tf import ticket as ticket_lib
 from slt_tf import workdir as workdir_lib
 from slt_tf import workdir_evaluation
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 10
 METRIC_KEYS = ("fid", "kid", "kid_std", "inception_score", "precision", "recall", "density",
                "coverage")
 
 
-def run_binary(module, *args):
-  command = [sys.executable, "-m", module, *args]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def shared_dirs(tmp_path_factory):
-  """TFDS data_dir and cache shared by the module: digits prepared, eval CNN trained once."""
-  base = tmp_path_factory.mktemp("shared")
-  return str(base / "tfds"), str(base / "cache")
-
-
-def train(workdir, shared_dirs, *overrides):
+def train(run_binary, shared_dirs):
+  """`train(workdir, *overrides)`: bin/find_ticket, NUM_STEPS of configs/test.py (session data)."""
   data_dir, cache_dir = shared_dirs
-  result = run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
-                      f"--config.num_steps={NUM_STEPS}", "--config.features.weights=none",
-                      f"--config.dataset.data_dir={data_dir}",
-                      f"--config.features.cache_dir={cache_dir}", *overrides)
-  assert result.returncode == 0, result.stderr[-5000:]
+
+  def run(workdir, *overrides):
+    run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
+               f"--config.num_steps={NUM_STEPS}", "--config.features.weights=none",
+               f"--config.dataset.data_dir={data_dir}",
+               f"--config.features.cache_dir={cache_dir}", *overrides).check()
+
+  return run
 
 
 @pytest.fixture(scope="module")
-def ticket_run(shared_dirs, tmp_path_factory):
+def ticket_run(train, tmp_path_factory):
   """A ticket run whose training also evaluates every 5 steps (the train.py hook)."""
   workdir = str(tmp_path_factory.mktemp("ticket") / "w")
-  train(workdir, shared_dirs, "--config.eval.every_steps=5", "--config.eval.num_samples=64")
+  train(workdir, "--config.eval.every_steps=5", "--config.eval.num_samples=64")
   return workdir
 
 
 @pytest.fixture(scope="module")
-def evaluated_ticket(ticket_run):
+def evaluated_ticket(run_binary, ticket_run):
   result = run_binary("bin.evaluate", f"--workdir={ticket_run}", "--num_samples=96",
-                      "--batch_size=40")
-  assert result.returncode == 0, result.stderr[-5000:]
+                      "--batch_size=40").check()
   with open(os.path.join(ticket_run, "metrics.json")) as f:
     return json.load(f), result
 
@@ -82,6 +70,7 @@ def event_scalars(directory, newest_file_only=False):
   return scalars
 
 
+@pytest.mark.e2e
 def test_evaluate_on_a_test_config_run_writes_finite_metrics(evaluated_ticket):
   metrics, _ = evaluated_ticket
   for key in METRIC_KEYS:
@@ -93,6 +82,7 @@ def test_evaluate_on_a_test_config_run_writes_finite_metrics(evaluated_ticket):
   assert 1.0 <= metrics["inception_score"] <= 10.0
 
 
+@pytest.mark.e2e
 def test_metrics_name_split_network_step_and_sample_counts(evaluated_ticket):
   metrics, _ = evaluated_ticket
   assert metrics["num_samples"] == 96
@@ -104,11 +94,13 @@ def test_metrics_name_split_network_step_and_sample_counts(evaluated_ticket):
   assert metrics["samples_per_second"] > 0 and metrics["peak_memory_mb"] > 0
 
 
+@pytest.mark.e2e
 def test_evaluate_prints_throughput_and_peak_memory(evaluated_ticket):
   _, result = evaluated_ticket
   assert "samples/s" in result.stdout and "peak memory" in result.stdout
 
 
+@pytest.mark.e2e
 def test_evaluate_writes_tensorboard_eval_scalars_at_the_final_step(evaluated_ticket, ticket_run):
   metrics, _ = evaluated_ticket
   scalars = event_scalars(os.path.join(ticket_run, "tensorboard", "eval"), newest_file_only=True)
@@ -116,11 +108,13 @@ def test_evaluate_writes_tensorboard_eval_scalars_at_the_final_step(evaluated_ti
   assert "eval/coverage" in scalars
 
 
+@pytest.mark.e2e
 def test_periodic_evaluation_during_training_logs_every_5_steps(ticket_run):
   scalars = event_scalars(os.path.join(ticket_run, "tensorboard", "eval"))
   assert {5, NUM_STEPS} <= set(scalars["eval/fid"])
 
 
+@pytest.mark.e2e
 def test_restored_generator_equals_the_ticket_files_generator(ticket_run):
   config = workdir_lib.read_config(ticket_run)
   restored, (path, step) = workdir_lib.restore_generator(
@@ -132,10 +126,10 @@ def test_restored_generator_equals_the_ticket_files_generator(ticket_run):
                                 from_ticket(z, training=False).numpy())
 
 
-def test_untrained_mode_evaluates_step_0_into_its_own_file(ticket_run, evaluated_ticket):
-  result = run_binary("bin.evaluate", f"--workdir={ticket_run}", "--num_samples=64",
-                      "--untrained")
-  assert result.returncode == 0, result.stderr[-5000:]
+@pytest.mark.e2e
+def test_untrained_mode_evaluates_step_0_into_its_own_file(run_binary, ticket_run,
+                                                          evaluated_ticket):
+  run_binary("bin.evaluate", f"--workdir={ticket_run}", "--num_samples=64", "--untrained").check()
   with open(os.path.join(ticket_run, "metrics_untrained.json")) as f:
     floor = json.load(f)
   assert floor["step"] == 0 and floor["untrained"] is True and floor["checkpoint"] is None
@@ -144,20 +138,19 @@ def test_untrained_mode_evaluates_step_0_into_its_own_file(ticket_run, evaluated
     assert json.load(f)["step"] == NUM_STEPS
 
 
-def test_dense_run_is_evaluated_from_its_checkpoint(shared_dirs, tmp_path):
+@pytest.mark.e2e
+def test_dense_run_is_evaluated_from_its_checkpoint(train, tmp_path):
   workdir = str(tmp_path / "dense")
-  train(workdir, shared_dirs, "--config.method=dense")
+  train(workdir, "--config.method=dense")
   metrics = workdir_evaluation.evaluate_workdir(workdir, num_samples=48, batch_size=48)
   assert metrics["method"] == "dense" and metrics["step"] == NUM_STEPS
   assert math.isfinite(metrics["fid"])
 
 
-def test_evaluate_without_a_run_gives_a_one_line_error(tmp_path):
-  result = run_binary("bin.evaluate", f"--workdir={tmp_path}")
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr
-  last = result.stderr.strip().splitlines()[-1]
-  assert "config.json does not exist" in last and "bin/find_ticket" in last
+@pytest.mark.e2e
+def test_evaluate_without_a_run_gives_a_one_line_error(run_binary, tmp_path):
+  run_binary("bin.evaluate", f"--workdir={tmp_path}").error_line(
+      "config.json does not exist", "bin/find_ticket")
 
 
 def test_evaluate_without_checkpoint_suggests_training_or_untrained(ticket_run, tmp_path):

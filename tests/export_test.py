@@ -14,24 +14,23 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from configs import test as test_config
 from slt_tf import checkpoints
 from slt_tf import errors
 from slt_tf import images
 from slt_tf import sampling
 from slt_tf import ticket as ticket_lib
-from slt_tf import train
 from slt_tf import workdir as workdir_lib
 from slt_tf.export import bake
 from slt_tf.export import client
 from slt_tf.export import servable
 from tests import serving_double
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 4
+NUM_STEPS = 4  # Of short_run (tests/conftest.py).
 SEEDS = np.array([0, 1, 2, 7, 123456789], np.int64)
 # Top-k and the radix select behind it (masking.kth_largest: bitcast + bincount histograms).
 MASKING_OPS = {"TopKV2", "TopK", "Bincount", "DenseBincount", "Bitcast", "Cumsum"}
+
+pytestmark = pytest.mark.e2e  # Every test runs bin/export_saved_model or uses its export.
 
 # Loads SavedModels in a process that never saw slt_tf: argv = out.npz z.npy seeds.npy dir...
 FRESH_PROCESS_SCRIPT = """
@@ -56,34 +55,6 @@ np.savez(out, **arrays)
 """
 
 
-def train_workdir(workdir: str, shared_dir: str, method: str) -> dict:
-  """configs/test.py for a few steps with a random (untrained) digits_cnn; data in shared_dir."""
-  config = test_config.get_config()
-  config.method = method
-  config.num_steps = NUM_STEPS
-  config.checkpoint_every_steps = config.log_every_steps = config.sample_every_steps = 2
-  config.features.weights = "none"
-  config.dataset.data_dir = os.path.join(shared_dir, "tfds")
-  config.features.cache_dir = os.path.join(shared_dir, "cache")
-  return train.train_and_evaluate(config, workdir, strategy=tf.distribute.get_strategy())
-
-
-def run_export(*flags):
-  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-  return subprocess.run([sys.executable, "-m", "bin.export_saved_model", *flags], cwd=REPO_ROOT,
-                        capture_output=True, text=True, env=environment, timeout=600,
-                        check=False)
-
-
-def assert_one_line_error(result, *fragments):
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("export_saved_model: error: "), last
-  for fragment in fragments:
-    assert fragment in last, last
-
-
 def graph_ops(version_dir: str) -> collections.Counter:
   """Op types of every node of the SavedModel's graph and of every function in its library."""
   saved_model = saved_model_pb2.SavedModel()
@@ -98,23 +69,20 @@ def graph_ops(version_dir: str) -> collections.Counter:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(run_binary, short_run, tmp_path_factory):
   """A ticket run and a dense run of configs/test.py, exported three ways."""
   base = tmp_path_factory.mktemp("runs")
-  shared_dir = str(base / "shared")
-  ticket_workdir, dense_workdir = str(base / "ticket_run"), str(base / "dense_run")
-  summary = train_workdir(ticket_workdir, shared_dir, "edge_popup")
-  train_workdir(dense_workdir, shared_dir, "dense")
+  ticket_workdir, dense_workdir = short_run("edge_popup"), short_run("dense")
   export_base = str(base / "export")
   # The binary, from the workdir's latest checkpoint.
-  result = run_export(f"--workdir={ticket_workdir}", f"--export_dir={export_base}")
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_binary("bin.export_saved_model", f"--workdir={ticket_workdir}",
+                      f"--export_dir={export_base}").check()
   ticket_path = os.path.join(ticket_workdir, "ticket.slt")
   from_ticket = bake.export(export_base=export_base, ticket_path=ticket_path,
                             model_name="from_ticket")
   dense = bake.export(export_base=export_base, workdir=dense_workdir, model_name="dense")
   return {"ticket_workdir": ticket_workdir, "dense_workdir": dense_workdir,
-          "ticket": ticket_lib.load(summary["ticket"]), "ticket_path": ticket_path,
+          "ticket": ticket_lib.load(ticket_path), "ticket_path": ticket_path,
           "export_base": export_base, "stdout": result.stdout,
           "exports": {"checkpoint": os.path.join(export_base, "slt", "1"),
                       "ticket": from_ticket, "dense": dense}}
@@ -288,14 +256,15 @@ def test_the_baked_export_serves_the_same_images_over_grpc_and_rest(runs, fresh)
 # ----------------------------------------------------------------------------------- errors
 
 
-def test_tampered_ticket_file_is_a_one_line_checksum_error(runs, tmp_path):
+def test_tampered_ticket_file_is_a_one_line_checksum_error(run_binary, runs, tmp_path):
   with open(runs["ticket_path"], "rb") as f:
     blob = bytearray(f.read())
   blob[len(blob) // 2] ^= 0x10
   tampered = tmp_path / "tampered.slt"
   tampered.write_bytes(bytes(blob))
-  result = run_export(f"--ticket={tampered}", f"--export_dir={tmp_path / 'export'}")
-  assert_one_line_error(result, f"{tampered} failed its SHA-256 checksum")
+  run_binary("bin.export_saved_model", f"--ticket={tampered}",
+             f"--export_dir={tmp_path / 'export'}").error_line(
+                 f"{tampered} failed its SHA-256 checksum")
   assert not (tmp_path / "export").exists()
 
 
@@ -307,8 +276,8 @@ def test_existing_version_is_refused_and_both_sources_at_once_too(runs):
                 workdir=runs["ticket_workdir"], version=2)
 
 
-def test_help_documents_every_flag():
-  result = run_export("--help")
+def test_help_documents_every_flag(run_binary):
+  result = run_binary("bin.export_saved_model", "--help")
   assert "Traceback" not in result.stderr
   for flag in ("workdir", "ticket", "export_dir", "model_name", "version",
                "num_warmup_records"):

@@ -3,8 +3,6 @@
 import gzip
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -122,43 +120,32 @@ def test_fashion_mnist_at_an_unsupported_size_is_refused_by_the_config_check(siz
     train.validate_config(config)
 
 
-def test_find_ticket_with_a_missing_idx_directory_writes_nothing(tmp_path):
+@pytest.mark.e2e
+def test_find_ticket_with_a_missing_idx_directory_writes_nothing(run_binary, tmp_path):
   workdir = tmp_path / "w"
-  result = subprocess.run(
-      [sys.executable, "-m", "bin.find_ticket", "--config=configs/fashion_mnist.py",
-       f"--workdir={workdir}", f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-       f"--config.dataset.source_dir={tmp_path / 'missing'}",
-       f"--config.features.cache_dir={tmp_path / 'cache'}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
-  assert result.returncode != 0
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("find_ticket: error: Fashion-MNIST is not prepared in "), last
-  assert "apt-get install -y dataset-fashion-mnist" in last
-  assert "Traceback" not in result.stderr
+  line = run_binary(
+      "bin.find_ticket", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
+      f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+      f"--config.dataset.source_dir={tmp_path / 'missing'}",
+      f"--config.features.cache_dir={tmp_path / 'cache'}").error_line(
+          "apt-get install -y dataset-fashion-mnist")
+  assert line.startswith("find_ticket: error: Fashion-MNIST is not prepared in "), line
   assert not workdir.exists()
 
 
-def test_tiny_search_on_mock_fashion_mnist_runs_end_to_end(tmp_path):
-  data_dir = tmp_path / "tfds"
-  builder = tfds.builder("fashion_mnist", data_dir=str(data_dir))
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=split, shard_lengths=[size], num_bytes=0)
-      for split, size in (("train", 60_000), ("test", 10_000))]))
-  builder.data_path.mkdir(parents=True)
-  builder.info.write_to_directory(builder.data_path)
+@pytest.mark.e2e
+def test_tiny_search_on_mock_fashion_mnist_runs_end_to_end(mock_tfds, tmp_path):
   config = config_schema.load_file(os.path.join(ROOT, "configs", "test.py"))
   config.dataset.name = "fashion_mnist"
   config.dataset.image_size = 16
   config.generator.filters = (32, 16, 8)
-  config.dataset.data_dir = str(data_dir)
   config.features.name = "fashion_cnn"
   config.features.weights = "none"
   config.features.cache_dir = str(tmp_path / "cache")
   config.num_steps = 4
   config.checkpoint_every_steps = config.log_every_steps = config.sample_every_steps = 2
-  with tfds.testing.mock_data(num_examples=64, data_dir=str(data_dir),
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with mock_tfds("fashion_mnist", {"train": 60_000, "test": 10_000}, num_examples=64) as data_dir:
+    config.dataset.data_dir = data_dir
     summary = train.train_and_evaluate(config, str(tmp_path / "w"))
   assert summary["step"] == 4
   assert os.path.exists(summary["ticket"])

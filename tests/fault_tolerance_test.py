@@ -3,8 +3,6 @@
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
@@ -12,43 +10,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import test as test_config
 from slt_tf import callbacks as callbacks_lib
 from slt_tf import sampling
 from slt_tf import train
 from slt_tf import workdir as workdir_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.e2e  # Runs of bin/find_ticket, killed and resumed.
 
 
 @pytest.fixture(scope="module")
-def shared_dirs(tmp_path_factory):
-  base = tmp_path_factory.mktemp("shared")
-  return str(base / "tfds"), str(base / "cache")
-
-
-def find_ticket(workdir, shared, *flags):
-  """`python -m bin.find_ticket` on configs/test.py with a random digits_cnn, not started."""
-  command = [sys.executable, "-m", "bin.find_ticket", "--config=configs/test.py",
-             f"--workdir={workdir}", "--config.features.weights=none",
-             f"--config.dataset.data_dir={shared[0]}", f"--config.features.cache_dir={shared[1]}",
-             *flags]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-
-
-def finish(process):
-  _, stderr = process.communicate(timeout=600)
-  return process.returncode, stderr
-
-
-def wait_for(path, process, timeout=600):
-  deadline = time.monotonic() + timeout
-  while not os.path.exists(path):
-    assert process.poll() is None, f"the run ended before {path} appeared: {finish(process)[1][-3000:]}"
-    assert time.monotonic() < deadline, f"{path} did not appear"
-    time.sleep(0.01)
+def find_ticket(start_binary, shared_dirs):
+  """`find_ticket(workdir, *flags)` starts bin/find_ticket on configs/test.py (random digits_cnn)."""
+  def start(workdir, *flags):
+    return start_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
+                        "--config.features.weights=none",
+                        f"--config.dataset.data_dir={shared_dirs[0]}",
+                        f"--config.features.cache_dir={shared_dirs[1]}", *flags)
+  return start
 
 
 def read(path):
@@ -57,45 +35,41 @@ def read(path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(shared_dirs, tmp_path_factory):
+def uninterrupted(find_ticket, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted") / "w")
-  returncode, stderr = finish(find_ticket(workdir, shared_dirs))
-  assert returncode == 0, stderr[-5000:]
+  find_ticket(workdir).finish().check()
   return workdir
 
 
 def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(uninterrupted,
-                                                                         shared_dirs, tmp_path):
+                                                                         find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   checkpoints = os.path.join(workdir, "checkpoints")
-  process = find_ticket(workdir, shared_dirs)
-  wait_for(os.path.join(checkpoints, "ckpt-20.index"), process)  # Maybe mid-save: fine too.
+  process = find_ticket(workdir)
+  process.wait_for_file(os.path.join(checkpoints, "ckpt-20.index"))  # Maybe mid-save: fine too.
   process.send_signal(signal.SIGKILL)
-  finish(process)
+  process.finish()
   assert not os.path.exists(os.path.join(workdir, workdir_lib.TICKET_FILE))
   # A save cut short by a crash (files on disk, not in the `checkpoint` state) is never loaded.
   with open(os.path.join(checkpoints, "ckpt-35.index"), "wb") as f:
     f.write(b"half written")
   with open(os.path.join(checkpoints, "ckpt-35.data-00000-of-00001"), "wb") as f:
     f.write(b"\0" * 7)
-  returncode, stderr = finish(find_ticket(workdir, shared_dirs))
-  assert returncode == 0, stderr[-5000:]
+  stderr = find_ticket(workdir).finish().check().stderr
   resumed = re.search(r"Resumed from \S+ckpt-(\d+) at step (\d+)", stderr)
   assert resumed and resumed.group(1) in ("10", "20"), stderr[-3000:]
   assert read(os.path.join(workdir, workdir_lib.TICKET_FILE)) == read(
       os.path.join(uninterrupted, workdir_lib.TICKET_FILE))
 
 
-def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(shared_dirs, tmp_path):
+def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   checkpoints = os.path.join(workdir, "checkpoints")
-  process = find_ticket(workdir, shared_dirs, "--config.num_steps=400")
-  wait_for(os.path.join(checkpoints, "ckpt-10.index"), process)
+  process = find_ticket(workdir, "--config.num_steps=400")
+  process.wait_for_file(os.path.join(checkpoints, "ckpt-10.index"))
   time.sleep(0.2)
   process.send_signal(signal.SIGTERM)
-  returncode, stderr = finish(process)
-  assert returncode != 0
-  last = stderr.strip().splitlines()[-1]
+  last = process.finish().error_line("preempted (SIGTERM)")
   stopped = re.fullmatch(r"find_ticket: error: preempted \(SIGTERM\) at step (\d+); checkpoint "
                          r"\S+ saved; rerun the same command with the same --workdir to resume",
                          last)
@@ -110,11 +84,9 @@ def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(shared_dirs, tmp_p
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-    uninterrupted, shared_dirs, tmp_path, monkeypatch):
+    uninterrupted, tiny_config, tmp_path, monkeypatch):
   del uninterrupted  # Only for the prepared data and cached real moments it leaves.
-  config = test_config.get_config()
-  config.features.weights = "none"
-  config.dataset.data_dir, config.features.cache_dir = shared_dirs
+  config = tiny_config()
   poisoned_from = 25 * config.batch_size  # Latents of step 26 onwards are NaN.
   clean_latents = sampling.latents
 

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import pytest
@@ -15,8 +13,6 @@ from slt_tf import train
 from slt_tf import workdir_lock
 from slt_tf.errors import SltError
 from slt_tf import workdir as workdir_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def config_for(tmp_path, **generator):
@@ -101,33 +97,27 @@ def test_disk_full_during_a_checkpoint_is_one_line(tmp_path, monkeypatch):
     manager.save(checkpoint_number=20)
 
 
-def run_binary(module, *flags):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-  result = subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-  return result.returncode, result.stderr.strip().splitlines()[-1]
-
-
-def test_config_file_with_a_syntax_error_is_one_line(tmp_path):
+@pytest.mark.e2e
+def test_config_file_with_a_syntax_error_is_one_line(run_binary, tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("def get_config(:\n  pass\n")
-  returncode, line = run_binary("bin.find_ticket", f"--config={bad}",
-                                f"--workdir={tmp_path / 'w'}")
-  assert returncode == 1
+  line = run_binary("bin.find_ticket", f"--config={bad}",
+                    f"--workdir={tmp_path / 'w'}").error_line()
   assert line.startswith("find_ticket: error: cannot load the config file: SyntaxError: ")
   assert f"({bad}, line 1)" in line and not (tmp_path / "w").exists()
 
 
-def test_negative_cpu_replicas_is_refused(tmp_path):
-  returncode, line = run_binary("bin.find_ticket", "--config=configs/test.py",
-                                f"--workdir={tmp_path / 'w'}", "--cpu_replicas=-2")
-  assert returncode == 1 and "--cpu_replicas=-2: -2 is not a non-negative integer" in line
+@pytest.mark.e2e
+def test_negative_cpu_replicas_is_refused(run_binary, tmp_path):
+  run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={tmp_path / 'w'}",
+             "--cpu_replicas=-2").error_line("--cpu_replicas=-2: -2 is not a non-negative integer")
 
 
-def test_generate_samples_refuses_negative_seed_and_a_missing_output_directory(tmp_path):
-  returncode, line = run_binary("bin.generate_samples", f"--saved_model={tmp_path}", "--seed=-1")
-  assert returncode == 1 and "--seed=-1: -1 is not a non-negative integer" in line
-  returncode, line = run_binary("bin.generate_samples", f"--saved_model={tmp_path}",
-                                f"--out={tmp_path / 'no' / 'grid.png'}")
-  assert returncode == 1
-  assert line.startswith("generate_samples: error: output ") and "does not exist" in line
+@pytest.mark.e2e
+def test_generate_samples_refuses_negative_seed_and_a_missing_output_directory(run_binary,
+                                                                               tmp_path):
+  run_binary("bin.generate_samples", f"--saved_model={tmp_path}", "--seed=-1").error_line(
+      "--seed=-1: -1 is not a non-negative integer")
+  line = run_binary("bin.generate_samples", f"--saved_model={tmp_path}",
+                    f"--out={tmp_path / 'no' / 'grid.png'}").error_line("does not exist")
+  assert line.startswith("generate_samples: error: output ")

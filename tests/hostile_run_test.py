@@ -15,61 +15,23 @@ import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import pytest
 import tensorflow as tf
 
-from configs import test as test_config
 from slt_tf import checkpoints
 from slt_tf import train
 from slt_tf import workdir_lock
 from slt_tf.errors import SltError
 from slt_tf import workdir as workdir_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def shared_dirs(tmp_path_factory):
-  base = tmp_path_factory.mktemp("shared")
-  return str(base / "tfds"), str(base / "cache")
-
-
-def config_for(shared, **overrides):
-  config = test_config.get_config()
-  config.features.weights = "none"
-  config.dataset.data_dir, config.features.cache_dir = shared
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
-
-
-def find_ticket(workdir, shared, *flags):
-  """`python -m bin.find_ticket` on configs/test.py (random digits_cnn), not waited for."""
-  command = [sys.executable, "-m", "bin.find_ticket", "--config=configs/test.py",
-             f"--workdir={workdir}", "--config.features.weights=none",
-             f"--config.dataset.data_dir={shared[0]}", f"--config.features.cache_dir={shared[1]}",
-             *flags]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-
-
-def finish(process):
-  _, stderr = process.communicate(timeout=600)
-  return process.returncode, stderr
-
-
-def last_line(stderr):
-  return stderr.strip().splitlines()[-1]
-
-
-def wait_for(path, process, timeout=600):
-  deadline = time.monotonic() + timeout
-  while not os.path.exists(path):
-    assert process.poll() is None, finish(process)[1][-3000:]
-    assert time.monotonic() < deadline, f"{path} did not appear"
-    time.sleep(0.01)
+def find_ticket(start_binary, shared_dirs):
+  """`find_ticket(workdir, *flags)` starts bin/find_ticket on configs/test.py (random digits_cnn)."""
+  def start(workdir, *flags):
+    return start_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
+                        "--config.features.weights=none",
+                        f"--config.dataset.data_dir={shared_dirs[0]}",
+                        f"--config.features.cache_dir={shared_dirs[1]}", *flags)
+  return start
 
 
 def digests(directory):
@@ -84,18 +46,19 @@ def read(path):
 
 
 @pytest.fixture(scope="module")
-def finished(shared_dirs, tmp_path_factory):
+def finished(tiny_config, tmp_path_factory):
   """An uninterrupted 40-step run of configs/test.py (in this process)."""
   workdir = str(tmp_path_factory.mktemp("finished") / "w")
-  train.train_and_evaluate(config_for(shared_dirs), workdir)
+  train.train_and_evaluate(tiny_config(), workdir)
   return workdir
 
 
 # ------------------------------------------------------------------ resume never restarts
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["delete_index", "truncate_data"])
-def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished, shared_dirs,
+def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished, find_ticket,
                                                                         tmp_path, damage):
   # Old code: "Training steps 0..40" and the intact ckpt-20/30 overwritten.
   workdir = str(tmp_path / "w")
@@ -108,26 +71,25 @@ def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished,
     with open(data, "r+b") as f:
       f.truncate(os.path.getsize(data) // 2)
   before = digests(checkpoint_dir)
-  returncode, stderr = finish(find_ticket(workdir, shared_dirs))
-  assert returncode == 1
+  result = find_ticket(workdir).finish()
   assert re.fullmatch(r"find_ticket: error: \S+checkpoints: its latest checkpoint ckpt-40 is "
                       r"missing or unreadable; not starting over \(that would overwrite the older "
                       r"checkpoints\): resume from the newest usable one with "
-                      r"--resume_from=ckpt-30, or use a new --workdir", last_line(stderr))
-  assert "Training steps" not in stderr
+                      r"--resume_from=ckpt-30, or use a new --workdir", result.error_line())
+  assert "Training steps" not in result.stderr
   assert digests(checkpoint_dir) == before
 
 
+@pytest.mark.e2e
 def test_resume_from_sets_newer_checkpoints_aside_and_ends_with_the_same_ticket(
-    finished, shared_dirs, tmp_path):
+    finished, find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   shutil.copytree(finished, workdir)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   os.remove(os.path.join(checkpoint_dir, "ckpt-40.index"))
   os.remove(os.path.join(workdir, workdir_lib.TICKET_FILE))
   kept = read(os.path.join(checkpoint_dir, "ckpt-40.data-00000-of-00001"))
-  returncode, stderr = finish(find_ticket(workdir, shared_dirs, "--resume_from=ckpt-30"))
-  assert returncode == 0, stderr[-3000:]
+  stderr = find_ticket(workdir, "--resume_from=ckpt-30").finish().check().stderr
   assert "Resumed from" in stderr and "at step 30" in stderr
   aside = [d for d in os.listdir(checkpoint_dir) if d.startswith("superseded-")]
   assert len(aside) == 1
@@ -145,12 +107,14 @@ def test_checkpoints_without_state_file_are_not_overwritten(tmp_path):
     checkpoints.resume_point(directory, None, 40, adopt=True)
 
 
+@pytest.mark.e2e
 def test_unusable_resume_from_names_the_usable_ones(finished):
   with pytest.raises(SltError, match=r"--resume_from=ckpt-25: no usable checkpoint of that "
                      r"name in \S+; usable: ckpt-40, ckpt-30, ckpt-20"):
     checkpoints.resume_point(os.path.join(finished, "checkpoints"), "ckpt-25", 40, adopt=False)
 
 
+@pytest.mark.e2e
 def test_smaller_num_steps_on_resume_is_refused_before_config_json_changes(finished):
   before = read(os.path.join(finished, workdir_lib.CONFIG_FILE))
   with pytest.raises(SltError, match=r"holds step 40 \(ckpt-40\) but num_steps=30; num_steps "
@@ -162,33 +126,34 @@ def test_smaller_num_steps_on_resume_is_refused_before_config_json_changes(finis
 # ------------------------------------------------------------------------- resumable keys
 
 
-def test_num_steps_is_not_resumable_under_cosine(shared_dirs, tmp_path):
+def test_num_steps_is_not_resumable_under_cosine(tiny_config, tmp_path):
   # Old code: accepted; a resumed 40-then-50 run is another ticket than a 50-step run.
   workdir = str(tmp_path / "w")
-  train.prepare_workdir(config_for(shared_dirs, lr_schedule="cosine", num_steps=40), workdir)
+  train.prepare_workdir(tiny_config(lr_schedule="cosine", num_steps=40), workdir)
   with pytest.raises(SltError, match=r"num_steps: 40 there, 50 now\) \(num_steps sets the "
                      r"length of lr_schedule=cosine, so it cannot change on resume\)"):
-    train.prepare_workdir(config_for(shared_dirs, lr_schedule="cosine", num_steps=50), workdir,
+    train.prepare_workdir(tiny_config(lr_schedule="cosine", num_steps=50), workdir,
                           write=False)
-  train.prepare_workdir(config_for(shared_dirs, num_steps=40), str(tmp_path / "c"))
-  train.prepare_workdir(config_for(shared_dirs, num_steps=50), str(tmp_path / "c"), write=False)
-  assert "num_steps" not in train.resumable_keys(config_for(shared_dirs, lr_schedule="cosine"))
+  train.prepare_workdir(tiny_config(num_steps=40), str(tmp_path / "c"))
+  train.prepare_workdir(tiny_config(num_steps=50), str(tmp_path / "c"), write=False)
+  assert "num_steps" not in train.resumable_keys(tiny_config(lr_schedule="cosine"))
 
 
-def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finished, shared_dirs,
+@pytest.mark.e2e
+def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finished, tiny_config,
                                                                           tmp_path):
   """Every key RESUMABLE_KEYS names, set otherwise for the first 20 steps."""
   first = {"num_steps": 20, "checkpoint_every_steps": 7, "log_every_steps": 3,
            "sample_every_steps": 6, "num_sample_images": 4, "eval.every_steps": 10,
            "eval.num_samples": 32, "eval.weights": "none", "eval.network": "digits_eval_cnn"}
   unvaried = {"eval.split"}  # digits has only a test split.
-  flat = train._flatten(config_for(shared_dirs).to_dict())  # pylint: disable=protected-access
+  flat = train._flatten(tiny_config().to_dict())  # pylint: disable=protected-access
   resumable = [k for k in flat if train._resumable(k)]  # pylint: disable=protected-access
   assert sorted(resumable) == sorted(k for k in set(first) | unvaried if k in flat)
   workdir = str(tmp_path / "w")
-  train.train_and_evaluate(config_for(shared_dirs, **{k: v for k, v in first.items()
+  train.train_and_evaluate(tiny_config(**{k: v for k, v in first.items()
                                                       if k in flat}), workdir)
-  summary = train.train_and_evaluate(config_for(shared_dirs), workdir)
+  summary = train.train_and_evaluate(tiny_config(), workdir)
   assert summary["step"] == 40
   assert read(os.path.join(workdir, workdir_lib.TICKET_FILE)) == read(
       os.path.join(finished, workdir_lib.TICKET_FILE))
@@ -197,26 +162,24 @@ def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finis
 # -------------------------------------------------- one process per workdir, Ctrl-C saves
 
 
-def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(shared_dirs, tmp_path):
+@pytest.mark.e2e
+def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(find_ticket, tmp_path):
   # Old code: the second process trained too; Ctrl-C gave a KeyboardInterrupt traceback.
   workdir = str(tmp_path / "w")
   checkpoint_dir = os.path.join(workdir, "checkpoints")
-  first = find_ticket(workdir, shared_dirs, "--config.num_steps=400")
-  wait_for(os.path.join(checkpoint_dir, "ckpt-10.index"), first)
-  returncode, stderr = finish(find_ticket(workdir, shared_dirs, "--config.num_steps=400"))
-  assert returncode == 1
+  first = find_ticket(workdir, "--config.num_steps=400")
+  first.wait_for_file(os.path.join(checkpoint_dir, "ckpt-10.index"))
+  line = find_ticket(workdir, "--config.num_steps=400").finish().error_line()
   assert re.fullmatch(rf"find_ticket: error: workdir \S+ is in use by PID {first.pid} on this "
                       r"host \(lock \S+\.lock\); wait for that run to end or use another "
-                      r"--workdir", last_line(stderr))
+                      r"--workdir", line)
   assert first.poll() is None
   first.send_signal(signal.SIGINT)
-  returncode, stderr = finish(first)
-  assert returncode == 130, stderr[-3000:]
+  line = first.finish().error_line(returncode=130)
   stopped = re.fullmatch(r"find_ticket: error: preempted \(SIGINT\) at step (\d+); checkpoint "
                          r"\S+ saved; rerun the same command with the same --workdir to resume",
-                         last_line(stderr))
-  assert stopped, stderr[-3000:]
-  assert "Traceback" not in stderr
+                         line)
+  assert stopped, line
   step = int(stopped.group(1))
   assert tf.train.latest_checkpoint(checkpoint_dir).endswith(f"ckpt-{step}")
   assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))

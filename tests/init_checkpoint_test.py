@@ -9,15 +9,12 @@ not the loss, is under test.
 
 import os
 import shutil
-import subprocess
-import sys
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import test as test_config
 from slt_tf import checkpoints
 from slt_tf import generators
 from slt_tf import init_checkpoint
@@ -27,55 +24,27 @@ from slt_tf import train
 from slt_tf.errors import SltError
 from slt_tf.export import bake
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STEPS = 10
+_SHORT = {"num_steps": _STEPS, "checkpoint_every_steps": _STEPS, "log_every_steps": _STEPS,
+          "sample_every_steps": _STEPS}
 
-
-def _config(shared, **overrides):
-  config = test_config.get_config()
-  config.num_steps = _STEPS
-  config.checkpoint_every_steps = config.log_every_steps = config.sample_every_steps = _STEPS
-  config.features.weights = "none"
-  config.dataset.data_dir, config.features.cache_dir = shared
-  for key, value in overrides.items():
-    parent = config
-    *path, last = key.split(".")
-    for part in path:
-      parent = parent[part]
-    parent[last] = value
-  return config
-
-
-def _run_binary(module, *args):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                        text=True, env=env, timeout=600)
-
-
-def _assert_one_line_error(result, *fragments):
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  last = result.stderr.strip().splitlines()[-1]
-  for fragment in fragments:
-    assert fragment in last, last
+pytestmark = pytest.mark.e2e  # Every test uses the runs of bin/find_ticket below.
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(run_binary, shared_dirs, tiny_config, tmp_path_factory):
   """A dense run (in process) and a ticket run inside it (bin/find_ticket)."""
   base = tmp_path_factory.mktemp("init")
-  shared = (str(base / "tfds"), str(base / "cache"))
   dense = str(base / "dense")
-  train.train_and_evaluate(_config(shared, method="dense", learning_rate=1e-3), dense)
+  train.train_and_evaluate(tiny_config(**_SHORT, method="dense", learning_rate=1e-3), dense)
   ticket_dir = str(base / "ticket")
-  result = _run_binary(
+  run_binary(
       "bin.find_ticket", "--config=configs/test.py", f"--workdir={ticket_dir}",
       f"--config.num_steps={_STEPS}", f"--config.checkpoint_every_steps={_STEPS}",
-      "--config.features.weights=none", f"--config.dataset.data_dir={shared[0]}",
-      f"--config.features.cache_dir={shared[1]}",
-      f"--config.generator.init_checkpoint={dense}")
-  assert result.returncode == 0, result.stderr[-5000:]
-  return {"shared": shared, "dense": dense, "ticket_dir": ticket_dir, "base": base,
+      "--config.features.weights=none", f"--config.dataset.data_dir={shared_dirs[0]}",
+      f"--config.features.cache_dir={shared_dirs[1]}",
+      f"--config.generator.init_checkpoint={dense}").check()
+  return {"dense": dense, "ticket_dir": ticket_dir, "base": base,
           "ticket": os.path.join(ticket_dir, "ticket.slt")}
 
 
@@ -122,15 +91,16 @@ def _tampered_copy(runs) -> str:
   return tf.train.Checkpoint(generator=generator).save(str(runs["base"] / "tampered" / "ckpt"))
 
 
-def test_a_tampered_source_is_refused_in_one_line(runs):
+def test_a_tampered_source_is_refused_in_one_line(run_binary, runs):
   tampered = _tampered_copy(runs)
   ticket = ticket_lib.load(runs["ticket"])
   with pytest.raises(SltError, match=r"was modified or is another one") as error:
     ticket_lib.build_generator(ticket, tampered)
   assert "\n" not in str(error.value)
-  result = _run_binary("bin.export_saved_model", f"--ticket={runs['ticket']}",
-                       f"--export_dir={runs['base'] / 'never'}", f"--init_checkpoint={tampered}")
-  _assert_one_line_error(result, "have sha256", "was modified or is another one")
+  run_binary("bin.export_saved_model", f"--ticket={runs['ticket']}",
+             f"--export_dir={runs['base'] / 'never'}",
+             f"--init_checkpoint={tampered}").error_line(
+                 "have sha256", "was modified or is another one")
   assert not os.path.exists(runs["base"] / "never" / "slt" / "1")
   with pytest.raises(SltError, match=r"was modified or is another one"):
     inspection.inspect_workdir(runs["ticket_dir"], init_checkpoint=tampered)
@@ -151,7 +121,7 @@ def test_the_ticket_exports_to_a_saved_model_with_no_score_variables(runs):
   np.testing.assert_allclose(plain(z), expected, atol=1e-5)
 
 
-def test_bad_init_checkpoints_are_one_line_errors(runs, tmp_path):
+def test_bad_init_checkpoints_are_one_line_errors(runs, tiny_config, tmp_path):
   with pytest.raises(SltError, match=r"method=dense trains the weights"):
     init_checkpoint.validate(runs["dense"], "dense")
   with pytest.raises(SltError, match=r"neither a directory nor a checkpoint prefix"):
@@ -164,7 +134,7 @@ def test_bad_init_checkpoints_are_one_line_errors(runs, tmp_path):
                                    filters=(8, 4))  # Another architecture.
   with pytest.raises(SltError, match=r"cannot restore the generator"):
     init_checkpoint.load(other, runs["dense"])
-  config = _config(runs["shared"], **{"generator.init_checkpoint": str(tmp_path / "x")})
+  config = tiny_config(**_SHORT, **{"generator.init_checkpoint": str(tmp_path / "x")})
   with pytest.raises(SltError, match=r"generator.init_checkpoint="):
     train.validate_config(config)
   shutil.rmtree(tmp_path, ignore_errors=True)

@@ -10,9 +10,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from configs import test as test_config
 from slt_tf import summaries
-from slt_tf import train
 
 
 def accumulator(directory: str) -> event_accumulator.EventAccumulator:
@@ -22,14 +20,9 @@ def accumulator(directory: str) -> event_accumulator.EventAccumulator:
   return events
 
 
-def test_run_writes_sample_grids_config_text_and_hparams(tmp_path):
-  config = test_config.get_config()
-  config.features.weights = "none"
-  config.features.cache_dir = str(tmp_path / "cache")  # Writable where $HOME is not (Bazel).
-  config.num_steps = 4
-  config.log_every_steps = config.sample_every_steps = config.checkpoint_every_steps = 2
-  workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+def test_run_writes_sample_grids_config_text_and_hparams(short_run, tiny_config):
+  config = tiny_config()
+  workdir = short_run()  # 4 steps, logs and samples every 2.
 
   train_dir = os.path.join(workdir, "tensorboard", "train")
   assert len([f for f in os.listdir(train_dir) if "tfevents" in f]) == 1

@@ -2,40 +2,29 @@
 and matches the SavedModel (float32: tight; quantised: loose)."""
 
 import os
-import subprocess
-import sys
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import numpy as np  # pylint: disable=g-bad-import-order
 import pytest
 import tensorflow as tf
 
-from configs import test as test_config
 from slt_tf import errors
-from slt_tf import train
 from slt_tf.export import bake
 from slt_tf.export import tflite
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (quantize, sparsity) -> max |tflite - SavedModel| allowed on images in [-1, 1].
 VARIANTS = {("none", False): 1e-5, ("none", True): 1e-5, ("dynamic", False): 0.05,
             ("dynamic", True): 0.05, ("float16", False): 0.01}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(short_run, tmp_path_factory):
   """A 4-step configs/test.py ticket (random features) and its SavedModel's outputs."""
   root = tmp_path_factory.mktemp("tflite")
-  config = test_config.get_config()
-  config.features.weights = "none"
-  config.features.cache_dir = str(root / "cache")  # Writable where $HOME is not (Bazel).
-  config.num_steps = 4
-  config.checkpoint_every_steps = config.log_every_steps = config.sample_every_steps = 2
-  workdir = str(root / "run")
-  train.train_and_evaluate(config, workdir)
+  workdir = short_run()
   version_dir = bake.export(export_base=str(root / "export"), workdir=workdir)
-  z = np.random.default_rng(0).standard_normal(
-      (6, config.generator.latent_dim)).astype(np.float32)
+  latent_dim = bake.workdir_spec(workdir).latent_dim
+  z = np.random.default_rng(0).standard_normal((6, latent_dim)).astype(np.float32)
   signature = tf.saved_model.load(version_dir).signatures["serving_default"]
   expected = signature(z=tf.constant(z))["images"].numpy()
   return {"workdir": workdir, "root": root, "z": z, "expected": expected}
@@ -71,14 +60,10 @@ def test_bad_requests_are_one_line_errors(run):
     tflite.export(str(run["root"] / "g.tflite"))
 
 
-def test_binary_writes_the_ticket_as_tflite(run):
+@pytest.mark.e2e
+def test_binary_writes_the_ticket_as_tflite(run_binary, run):
   out = str(run["root"] / "cli.tflite")
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run(
-      [sys.executable, "-m", "bin.export_tflite",
-       f"--ticket={os.path.join(run['workdir'], 'ticket.slt')}", f"--out={out}",
-       "--quantize=dynamic"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-      timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+  result = run_binary("bin.export_tflite", f"--ticket={os.path.join(run['workdir'], 'ticket.slt')}",
+                      f"--out={out}", "--quantize=dynamic").check()
   assert result.stdout.startswith(f"Wrote {out} (")
   assert np.max(np.abs(tflite.Runner(out)(run["z"]) - run["expected"])) <= 0.05

@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -17,39 +15,21 @@ from slt_tf import generators
 from slt_tf import masking
 from slt_tf import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+@pytest.fixture(scope="module")
+def find_ticket(run_binary, shared_dirs):
+  """`find_ticket(workdir, *flags)`: bin/find_ticket on configs/test.py with the session's data."""
+  def run(workdir, *flags):
+    return run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
+                      *flags, f"--config.dataset.data_dir={shared_dirs[0]}",
+                      f"--config.features.cache_dir={shared_dirs[1]}")
+  return run
 
 
 @pytest.fixture(scope="module")
-def shared_dirs(tmp_path_factory):
-  """A TFDS data_dir and a cache dir shared by the module (digits prepared, CNN trained once)."""
-  base = tmp_path_factory.mktemp("shared")
-  return str(base / "tfds"), str(base / "cache")
-
-
-def run_binary(module, *args, shared=None):
-  command = [sys.executable, "-m", module, *args]
-  if shared is not None:
-    command += [f"--config.dataset.data_dir={shared[0]}", f"--config.features.cache_dir={shared[1]}"]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-
-
-def assert_one_line_error(result, *fragments):
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  last = result.stderr.strip().splitlines()[-1]
-  for fragment in fragments:
-    assert fragment in last, last
-
-
-@pytest.fixture(scope="module")
-def finished_run(shared_dirs, tmp_path_factory):
+def finished_run(find_ticket, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run") / "w")
-  result = run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
-                      shared=shared_dirs)
-  assert result.returncode == 0, result.stderr[-5000:]
-  return workdir, result
+  return workdir, find_ticket(workdir).check()
 
 
 def snapshot(directory):
@@ -63,6 +43,7 @@ def snapshot(directory):
   return files
 
 
+@pytest.mark.e2e
 def test_find_ticket_on_test_config_writes_every_artifact(finished_run):
   workdir, _ = finished_run
   for relative in ("config.json", "ticket.slt", "samples/final.png", "checkpoints/checkpoint",
@@ -74,10 +55,10 @@ def test_find_ticket_on_test_config_writes_every_artifact(finished_run):
     assert json.load(f)["num_steps"] == test_config.get_config().num_steps
 
 
-def test_inspect_ticket_json_reports_exact_k_and_verified_frozen_weights(finished_run):
+@pytest.mark.e2e
+def test_inspect_ticket_json_reports_exact_k_and_verified_frozen_weights(run_binary, finished_run):
   workdir, _ = finished_run
-  result = run_binary("bin.inspect_ticket", f"--workdir={workdir}", "--json")
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_binary("bin.inspect_ticket", f"--workdir={workdir}", "--json").check()
   report = json.loads(result.stdout)
   keep = test_config.get_config().keep_fraction
   assert report["layers"]
@@ -88,27 +69,27 @@ def test_inspect_ticket_json_reports_exact_k_and_verified_frozen_weights(finishe
   assert 0 < report["ticket_bytes"] < report["dense_fp32_bytes"]
 
 
-def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(finished_run, shared_dirs):
+@pytest.mark.e2e
+def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(finished_run, find_ticket):
   source, _ = finished_run
   workdir = source + "_resumed"
   shutil.copytree(source, workdir)
-  result = run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
-                      "--config.num_steps=50", shared=shared_dirs)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = find_ticket(workdir, "--config.num_steps=50").check()
   assert "Resumed from" in result.stderr and "at step 40" in result.stderr
   assert os.path.exists(os.path.join(workdir, "checkpoints", "ckpt-50.index"))
 
 
-def test_workdir_with_a_different_config_is_refused_and_left_untouched(finished_run, shared_dirs):
+@pytest.mark.e2e
+def test_workdir_with_a_different_config_is_refused_and_left_untouched(finished_run, find_ticket):
   workdir, _ = finished_run
   before = snapshot(workdir)
-  result = run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
-                      "--config.keep_fraction=0.3", shared=shared_dirs)
-  assert_one_line_error(result, "find_ticket: error:", "different config", "keep_fraction")
+  find_ticket(workdir, "--config.keep_fraction=0.3").error_line(
+      "different config", "keep_fraction")
   assert snapshot(workdir) == before
 
 
-def test_corrupt_checkpoint_gives_one_line_error_and_overwrites_nothing(finished_run, shared_dirs):
+@pytest.mark.e2e
+def test_corrupt_checkpoint_gives_one_line_error_and_overwrites_nothing(finished_run, find_ticket):
   source, _ = finished_run
   workdir = source + "_corrupt"
   shutil.copytree(source, workdir)
@@ -116,22 +97,19 @@ def test_corrupt_checkpoint_gives_one_line_error_and_overwrites_nothing(finished
   with open(data_file, "r+b") as f:
     f.truncate(16)
   before = snapshot(workdir)
-  result = run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
-                      shared=shared_dirs)
-  assert_one_line_error(result, "find_ticket: error:", "ckpt-40")
+  find_ticket(workdir).error_line("ckpt-40")
   assert snapshot(workdir) == before
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag, fragments", [
     ("--config.not_a_key=1", ("not_a_key",)),
     ("--config.method=magic", ("method", "edge_popup")),
     ("--config.dataset.name=no_such_dataset", ("no_such_dataset",)),
 ])
-def test_bad_config_gives_one_line_error(flag, fragments, tmp_path, shared_dirs):
+def test_bad_config_gives_one_line_error(flag, fragments, tmp_path, find_ticket):
   workdir = str(tmp_path / "w")
-  result = run_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}", flag,
-                      shared=shared_dirs)
-  assert_one_line_error(result, *fragments)
+  find_ticket(workdir, flag).error_line(*fragments)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 

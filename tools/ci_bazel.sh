@@ -1,7 +1,12 @@
 #!/bin/bash
-# Runs `bazel test //...` for slt_tf in CI; .ci/run calls it after creating <repo>/.venv.
+# The Bazel part of slt_tf's CI; .ci/run calls it after creating <repo>/.venv and running pytest.
 #
 # Usage: tools/ci_bazel.sh [extra `bazel test` arguments, e.g. --local_test_jobs=1]
+#
+# pytest has already run every test file, so Bazel builds every target (each BUILD file, dep
+# and data label must resolve) and runs only the test targets tagged "smoke" in tests/BUILD:
+# the BUILD coverage check, a test through tools/pytest.bzl with the repo's conftest and data
+# files, and one that runs binaries from the runfiles tree. `bazel test //...` runs them all.
 #
 # Installs Debian's bazel-bootstrap (Bazel 4.2.3) with apt if `bazel` is missing. Bazel itself
 # needs no network: WORKSPACE maps the repositories it would download to third_party/ stubs,
@@ -29,7 +34,7 @@ fi
 # Do not leave a Bazel server running after CI.
 trap 'bazel shutdown >/dev/null 2>&1 || true' EXIT
 
-bazel test //... --keep_going "$@"
+bazel test //... --keep_going --test_tag_filters=smoke "$@"
 
 # `bazel run //bin:find_ticket` and `python -m bin.find_ticket` with the same arguments must
 # write the same ticket, byte for byte.
