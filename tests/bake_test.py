@@ -69,6 +69,7 @@ def with_random_scores(generator, seed: int = 0):
 # -------------------------------------------------------------------------- the baked weights
 
 
+@pytest.mark.e2e
 def test_baked_kernels_are_seed_weights_times_ticket_masks_and_bn_statistics_are_the_tickets(
     ticket_run, baked):
   _, ticket = ticket_run
@@ -90,6 +91,7 @@ def test_baked_kernels_are_seed_weights_times_ticket_masks_and_bn_statistics_are
   assert any(np.abs(v).max() > 0 for k, v in ticket.batch_norm.items() if "mean" in k)
 
 
+@pytest.mark.e2e
 def test_baked_generator_computes_the_checkpointed_ticket_generator(ticket_run, baked):
   workdir, ticket = ticket_run
   plain, _ = baked
@@ -101,6 +103,7 @@ def test_baked_generator_computes_the_checkpointed_ticket_generator(ticket_run, 
   np.testing.assert_allclose(plain(z, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_baked_generator_has_only_plain_keras_layers_and_no_score_variables(baked):
   plain, _ = baked
   assert plain.plain and plain.mask_rule is None
@@ -113,6 +116,7 @@ def test_baked_generator_has_only_plain_keras_layers_and_no_score_variables(bake
   assert paths and not [p for p in paths if "score" in p]
 
 
+@pytest.mark.e2e
 def test_kept_fraction_of_every_baked_kernel_equals_the_tickets(ticket_run, baked):
   _, ticket = ticket_run
   plain, metadata = baked
@@ -127,6 +131,7 @@ def test_kept_fraction_of_every_baked_kernel_equals_the_tickets(ticket_run, bake
   assert metadata["num_kernel_weights"] == ticket.num_weights
 
 
+@pytest.mark.e2e
 def test_ticket_file_alone_bakes_exactly_the_checkpoints_weights(ticket_run, baked):
   workdir, _ = ticket_run
   from_checkpoint, checkpoint_metadata = baked
@@ -140,6 +145,7 @@ def test_ticket_file_alone_bakes_exactly_the_checkpoints_weights(ticket_run, bak
   assert ticket_metadata["step"] == checkpoint_metadata["step"] == NUM_STEPS
 
 
+@pytest.mark.e2e
 def test_metadata_names_method_keep_fraction_seed_spec_and_step(ticket_run, baked):
   workdir, ticket = ticket_run
   _, metadata = baked
@@ -153,6 +159,7 @@ def test_metadata_names_method_keep_fraction_seed_spec_and_step(ticket_run, bake
   json.dumps(metadata)  # Stored in slt_metadata.json.
 
 
+@pytest.mark.e2e
 def test_workdir_spec_comes_from_generator_json_or_in_older_workdirs_from_the_ticket(
     ticket_run, tmp_path):
   workdir, ticket = ticket_run
@@ -169,6 +176,7 @@ def test_workdir_spec_comes_from_generator_json_or_in_older_workdirs_from_the_ti
   assert plain.spec == ticket.spec
 
 
+@pytest.mark.e2e
 def test_dense_checkpoint_bakes_its_trained_kernels_unmasked(dense_run):
   plain, metadata = bake.from_workdir(dense_run)
   spec = workdir_lib.generator_spec(dense_run)
@@ -238,6 +246,7 @@ def test_missing_workdir_or_config_json_is_a_one_line_error(tmp_path):
   assert_one_line(e)
 
 
+@pytest.mark.e2e
 def test_workdir_without_checkpoint_suggests_exporting_the_ticket(ticket_run, tmp_path):
   workdir, _ = ticket_run
   copy = str(tmp_path / "w")
@@ -249,6 +258,7 @@ def test_workdir_without_checkpoint_suggests_exporting_the_ticket(ticket_run, tm
   assert_one_line(e)
 
 
+@pytest.mark.e2e
 def test_truncated_checkpoint_is_a_one_line_error(ticket_run, tmp_path):
   workdir, _ = ticket_run
   copy = str(tmp_path / "w")
@@ -263,6 +273,7 @@ def test_truncated_checkpoint_is_a_one_line_error(ticket_run, tmp_path):
   assert_one_line(e)
 
 
+@pytest.mark.e2e
 def test_checkpoint_of_another_generator_is_a_one_line_error(ticket_run, tmp_path):
   workdir, _ = ticket_run
   copy = str(tmp_path / "w")
@@ -285,6 +296,7 @@ def test_checkpoint_of_another_generator_is_a_one_line_error(ticket_run, tmp_pat
   assert_one_line(e)
 
 
+@pytest.mark.e2e
 def test_ticket_that_disagrees_with_config_json_is_refused(ticket_run, tmp_path):
   workdir, _ = ticket_run
   copy = str(tmp_path / "w")
@@ -300,6 +312,7 @@ def test_ticket_that_disagrees_with_config_json_is_refused(ticket_run, tmp_path)
   assert_one_line(e)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["flip_payload_byte", "flip_header_byte", "truncate"])
 def test_tampered_ticket_file_is_a_checksum_error(ticket_run, tmp_path, damage):
   workdir, _ = ticket_run
@@ -319,6 +332,7 @@ def test_tampered_ticket_file_is_a_checksum_error(ticket_run, tmp_path, damage):
   assert_one_line(e)
 
 
+@pytest.mark.e2e
 def test_tampered_ticket_in_a_workdir_is_a_checksum_error(ticket_run, tmp_path):
   workdir, _ = ticket_run
   copy = str(tmp_path / "w")

@@ -51,6 +51,7 @@ def _one_step(num_replicas, real_moments=None):
   return state, {name: values[0] for name, values in history.items()}
 
 
+@pytest.mark.e2e
 def test_one_step_gives_the_same_scores_on_one_and_two_replicas_with_the_same_global_batch():
   one, one_logs = _one_step(1)
   two, two_logs = _one_step(2)
@@ -64,6 +65,7 @@ def test_one_step_gives_the_same_scores_on_one_and_two_replicas_with_the_same_gl
     np.testing.assert_allclose(two_logs[name], value, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.e2e
 def test_loss_moments_on_two_replicas_are_the_moments_of_the_global_batch():
   config = _config()
   # Float64 moments of the whole first global batch, from an identical generator and network.

@@ -30,6 +30,7 @@ def prepared_dir(tmp_path_factory):
   return data_dir
 
 
+@pytest.mark.e2e
 @needs_idx_files
 def test_offline_preparation_is_tfds_own_fashion_mnist_with_60000_train_and_10000_test(
     prepared_dir):
@@ -48,6 +49,7 @@ def test_offline_preparation_is_tfds_own_fashion_mnist_with_60000_train_and_1000
   np.testing.assert_array_equal(np.bincount(test["label"]), np.bincount(idx_labels))
 
 
+@pytest.mark.e2e
 @needs_idx_files
 def test_loaded_training_images_are_32x32_in_minus_one_one(prepared_dir):
   images = next(iter(data.load_images("fashion_mnist", data.training_split("fashion_mnist"),

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e  # Runs of bin/find_ticket, killed and resumed.
 
 @pytest.fixture(scope="module")
 def find_ticket(start_binary, shared_dirs):
-  """`find_ticket(workdir, *flags)` starts bin/find_ticket on configs/test.py (random digits_cnn)."""
+  """`find_ticket(workdir, *flags)`: bin/find_ticket on configs/test.py, random digits_cnn."""
   def start(workdir, *flags):
     return start_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
                         "--config.features.weights=none",

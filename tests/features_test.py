@@ -61,6 +61,7 @@ def test_unreachable_imagenet_weights_raise_a_one_line_error_suggesting_a_local_
   assert "\n" not in str(raised.value)
 
 
+@pytest.mark.e2e
 def test_inception_v3_features_are_10048_pooled_mixed_block_activations_at_75x75():
   network = features.build_feature_network("inception_v3", image_size=32, channels=1, weights=None)
   assert network.input_size == 75
@@ -73,6 +74,7 @@ def test_inception_v3_features_are_10048_pooled_mixed_block_activations_at_75x75
   _assert_frozen(network)
 
 
+@pytest.mark.e2e
 def test_inception_v3_preprocessing_tiles_grey_to_rgb_keeps_minus_one_to_one_and_resizes():
   network = features.build_feature_network("inception_v3", image_size=32, channels=1, weights=None)
   images = np.concatenate([np.full([1, 32, 32, 1], -1.0), np.full([1, 32, 32, 1], 1.0),
@@ -142,6 +144,7 @@ def test_fingerprint_is_stable_for_the_same_weights_and_changes_with_the_weights
   assert changed.fingerprint != again.fingerprint
 
 
+@pytest.mark.e2e
 def test_legacy_h5_file_with_a_classifier_head_loads_into_the_headless_vgg19(tmp_path):
   base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
   logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(base.output))
@@ -157,6 +160,7 @@ def test_legacy_h5_file_with_a_classifier_head_loads_into_the_headless_vgg19(tmp
   assert network.info["weights"] == path
 
 
+@pytest.mark.e2e
 def test_inception_v3_eval_network_gives_pool3_embedding_and_1000_logits_at_299():
   network = features.build_eval_network("inception_v3", image_size=32, channels=3, weights=None)
   assert network.input_size == 299
@@ -199,12 +203,14 @@ def trained_digits_eval_cnn(digits_cache, prepared_digits):
                                      cache_dir=digits_cache)
 
 
+@pytest.mark.e2e
 def test_preparing_the_digits_classifiers_leaves_python_numpy_and_tf_global_state_unchanged(
     prepared_digits):
   _, before, after = prepared_digits
   assert before == after
 
 
+@pytest.mark.e2e
 def test_digits_cnn_trains_on_digits_train_and_classifies_held_out_digits(trained_digits_cnn,
                                                                           prepared_digits,
                                                                           digits_cache):
@@ -219,6 +225,7 @@ def test_digits_cnn_trains_on_digits_train_and_classifies_held_out_digits(traine
     assert json.load(f)["test_accuracy"] == info["test_accuracy"]
 
 
+@pytest.mark.e2e
 def test_digits_cnn_features_are_its_three_relu_activations(trained_digits_cnn):
   network = trained_digits_cnn
   assert network.layer_dims == (8 * 8 * 32, 4 * 4 * 64, 128)
@@ -228,6 +235,7 @@ def test_digits_cnn_features_are_its_three_relu_activations(trained_digits_cnn):
   _assert_frozen(network)
 
 
+@pytest.mark.e2e
 def test_second_digits_cnn_build_loads_the_cache_with_the_same_fingerprint(trained_digits_cnn,
                                                                            digits_cache):
   again = features.build_feature_network("digits_cnn", image_size=_DIGITS_SIZE, channels=1,
@@ -242,6 +250,7 @@ def test_second_digits_cnn_build_loads_the_cache_with_the_same_fingerprint(train
   assert from_file.fingerprint == trained_digits_cnn.fingerprint
 
 
+@pytest.mark.e2e
 def test_digits_eval_cnn_is_a_different_trained_classifier_with_embedding_and_logits(
     trained_digits_eval_cnn, trained_digits_cnn):
   network = trained_digits_eval_cnn
@@ -274,6 +283,7 @@ def test_building_an_unprepared_digits_network_only_loads_and_names_the_command_
   assert os.listdir(tmp_path) == []  # Nothing was trained or written.
 
 
+@pytest.mark.e2e
 def test_unreadable_cached_classifier_is_a_one_line_error_when_built_and_retrained_by_prepare(
     prepared_digits, digits_cache, tmp_path):
   info = prepared_digits[0]["digits_eval_cnn"]
@@ -290,6 +300,7 @@ def test_unreadable_cached_classifier_is_a_one_line_error_when_built_and_retrain
   assert retrained["test_accuracy"] == info["test_accuracy"]  # Deterministic: the same weights.
 
 
+@pytest.mark.e2e
 def test_digits_classifiers_refuse_to_train_inside_a_distribution_scope_but_load_there(
     trained_digits_cnn, digits_cache, tmp_path):
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

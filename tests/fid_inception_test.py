@@ -75,6 +75,7 @@ def test_average_pools_exclude_the_padding_like_count_include_pad_false(model):
   np.testing.assert_allclose(pool(x), sums / counts, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_state_dict_conversion_puts_every_tensor_in_its_place(model, state, tmp_path):
   path = str(tmp_path / "fid.npz")
   np.savez(path, **state)
@@ -101,6 +102,7 @@ def test_state_dict_conversion_puts_every_tensor_in_its_place(model, state, tmp_
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.e2e
 def test_keras_weights_file_round_trips(state, tmp_path):
   npz = str(tmp_path / "fid.npz")
   np.savez(npz, **state)
@@ -132,6 +134,7 @@ def test_a_state_dict_with_wrong_keys_or_shapes_is_one_line(state):
     fid_inception.keras_weights_from_state_dict(wrong)
 
 
+@pytest.mark.e2e
 def test_the_evaluation_pipeline_names_the_network(state, tmp_path):
   npz = str(tmp_path / "fid.npz")
   np.savez(npz, **state)

@@ -147,6 +147,7 @@ def gem_run(tmp_path_factory):
   return workdir, summary
 
 
+@pytest.mark.e2e
 def test_gem_miner_run_writes_a_ticket_whose_mask_is_scores_at_least_one_half(gem_run):
   workdir, summary = gem_run
   ticket = ticket_lib.load(summary["ticket"])
@@ -165,6 +166,7 @@ def test_gem_miner_run_writes_a_ticket_whose_mask_is_scores_at_least_one_half(ge
   assert ticket_lib.current_masks(rebuilt).keys() == ticket.masks.keys()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("source", ["workdir", "ticket"])
 def test_gem_miner_exports_a_saved_model_without_score_variables(gem_run, tmp_path, source):
   workdir, summary = gem_run

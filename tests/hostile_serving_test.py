@@ -87,6 +87,7 @@ def test_too_many_seeds_is_http_400_and_grpc_invalid_argument_naming_the_limit(s
   assert f"at most {LIMIT} seeds" in error.value.details()
 
 
+@pytest.mark.e2e
 def test_client_splits_requests_by_the_limit_the_models_refusal_names(export_base, server):
   # The first request holds all 25 seeds; each source refuses it naming the model's limit of 8,
   # and the client splits by that.
@@ -126,6 +127,7 @@ def test_generate_samples_seeds_and_output_path_are_checked_first(tmp_path):
   assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.e2e
 def test_serving_rss_after_the_largest_allowed_request_stays_under_2_gb(tmp_path):
   """The digits generator (dcgan, 16x16), served with the default max_batch_size."""
   spec = generators.GeneratorSpec(name="dcgan", image_size=16, channels=1, latent_dim=128)

@@ -204,6 +204,7 @@ def imp_run(tmp_path_factory):
   return config, workdir, summary
 
 
+@pytest.mark.e2e
 def test_imp_run_trains_all_rounds_and_keeps_exactly_k_per_layer(imp_run):
   config, workdir, summary = imp_run
   schedule = train.imp_schedule(config)
@@ -223,6 +224,7 @@ def test_imp_run_trains_all_rounds_and_keeps_exactly_k_per_layer(imp_run):
   assert [r["after_step"] for r in rounds] == schedule.boundaries()
 
 
+@pytest.mark.e2e
 def test_resuming_across_a_round_boundary_gives_the_uninterrupted_run(imp_run, tmp_path):
   config, workdir, _ = imp_run
   final = os.path.join(workdir, "checkpoints", "ckpt-20")
@@ -240,6 +242,7 @@ def test_resuming_across_a_round_boundary_gives_the_uninterrupted_run(imp_run, t
     np.testing.assert_array_equal(got.get_tensor(name), expected.get_tensor(name), err_msg=name)
 
 
+@pytest.mark.e2e
 def test_imp_run_exports_a_saved_model_without_score_variables(imp_run, tmp_path):
   _, workdir, summary = imp_run
   version_dir = bake.export(export_base=str(tmp_path), workdir=workdir, num_warmup_records=0)

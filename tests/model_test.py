@@ -73,6 +73,7 @@ def _frozen_variables(generator):
           if v is not None]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["edge_popup", "global_edge_popup"])
 def test_fit_moves_only_scores_and_leaves_frozen_weights_bit_identical(method):
   search = _search(method)
@@ -98,6 +99,7 @@ def test_fit_moves_only_scores_and_leaves_frozen_weights_bit_identical(method):
   assert search.ama_mean.steps.numpy() == 3 and search.optimizer.iterations.numpy() == 3
 
 
+@pytest.mark.e2e
 def test_dense_method_moves_kernels_and_biases_and_has_no_scores():
   search = _search("dense")
   generator = search.generator
@@ -120,6 +122,7 @@ def _numpy_first_ama_value(gap, learning_rate, beta_1=0.5, beta_2=0.999, epsilon
       np.sqrt(second) / math.sqrt(1 - beta_2) + epsilon)
 
 
+@pytest.mark.e2e
 def test_one_step_loss_and_score_update_equal_references_of_the_true_moment_loss():
   learning_rate, ama_learning_rate = 0.5, 1e-2
   search = _search(optimizer=keras.optimizers.SGD(learning_rate),
@@ -181,6 +184,7 @@ def _one_step(mode, method):
   return state
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["edge_popup", "global_edge_popup"])
 def test_one_step_is_the_same_eagerly_in_tf_function_and_mirrored_over_two_cpus(method):
   # Measured: max abs difference 1.5e-8 (tf.function) and 6e-8 (mirrored) vs eager.

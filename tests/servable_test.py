@@ -84,6 +84,7 @@ def test_metadata_json_has_latent_dim_image_shape_and_user_metadata(exported):
   assert sorted(metadata["signatures"]) == sorted(servable.SIGNATURES)
 
 
+@pytest.mark.e2e
 def test_saved_model_loaded_in_fresh_process_equals_keras_generator(exported, tmp_path):
   generator, _, path = exported
   z = np.random.default_rng(0).standard_normal([5, LATENT_DIM]).astype(np.float32)
@@ -147,6 +148,7 @@ def test_existing_version_is_never_overwritten(exported):
   assert os.listdir(os.path.join(export_base, "tiny")) == ["3"]
 
 
+@pytest.mark.e2e
 def test_resolve_version_dir_picks_highest_version_or_the_given_one(tmp_path):
   generator = tiny_generator(image_shape=(4, 4, 1))
   for version in (1, 10, 2):

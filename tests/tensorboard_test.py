@@ -6,6 +6,7 @@ import os
 
 import slt_tf  # pylint: disable=unused-import  # Sets the Keras backend first.
 import numpy as np  # pylint: disable=g-bad-import-order
+import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -20,6 +21,7 @@ def accumulator(directory: str) -> event_accumulator.EventAccumulator:
   return events
 
 
+@pytest.mark.e2e
 def test_run_writes_sample_grids_config_text_and_hparams(short_run, tiny_config):
   config = tiny_config()
   workdir = short_run()  # 4 steps, logs and samples every 2.

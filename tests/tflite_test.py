@@ -16,6 +16,8 @@ from slt_tf.export import tflite
 VARIANTS = {("none", False): 1e-5, ("none", True): 1e-5, ("dynamic", False): 0.05,
             ("dynamic", True): 0.05, ("float16", False): 0.01}
 
+pytestmark = pytest.mark.e2e  # Every test converts the generator of a 4-step search.
+
 
 @pytest.fixture(scope="module")
 def run(short_run, tmp_path_factory):
@@ -60,7 +62,6 @@ def test_bad_requests_are_one_line_errors(run):
     tflite.export(str(run["root"] / "g.tflite"))
 
 
-@pytest.mark.e2e
 def test_binary_writes_the_ticket_as_tflite(run_binary, run):
   out = str(run["root"] / "cli.tflite")
   result = run_binary("bin.export_tflite", f"--ticket={os.path.join(run['workdir'], 'ticket.slt')}",
