@@ -1,16 +1,15 @@
-"""Fixtures shared by the tests: prepared TFDS data, trained classifiers, running a binary.
+"""Fixtures shared by the tests: prepared TFDS data, tiny runs, running a binary.
 
 The repository's top-level conftest.py sets TensorFlow up (CPU only, two logical CPUs); this
 file holds what several test files need, prepared once per session:
 
   digits_data_dir      a TFDS data_dir with `digits` prepared (offline, from scikit-learn).
   shared_dirs          (data_dir, cache_dir) for configs/test.py runs: digits prepared, and
-                       one cache (real activations, classifiers) for the whole session.
+                       one cache (real statistics, classifiers) for the whole session.
   tiny_config          `tiny_config(**overrides)`: configs/test.py with random feature
                        weights and those dirs.
   replica_tickets      tickets of tiny_config() trained in process on 1 and on 2 replicas.
   short_run            `short_run(method)`: the workdir of a 4-step tiny_config() run.
-  trained_classifier   trains (once) a classifier of slt_tf.classifiers into that cache.
   mock_tfds            a data_dir where tfds.testing.mock_data serves a dataset's splits.
   run_binary           runs `python -m bin.X ...`; its result asserts a one-line user error.
   start_binary         the same, not waited for (a subprocess.Popen), for signals and races.
@@ -202,22 +201,6 @@ def short_run(tiny_config, tmp_path_factory):
     return workdirs[method]
 
   return run
-
-
-@pytest.fixture(scope="session")
-def trained_classifier(shared_dirs):
-  """`trained_classifier(name, image_size)` trains `name` once into shared_dirs' cache.
-
-  Returns the classifier's info (slt_tf.classifiers.prepare); a second call only reads it.
-  """
-  from slt_tf import classifiers  # pylint: disable=g-import-not-at-top
-  data_dir, cache_dir = shared_dirs
-
-  def prepare(name: str, image_size: int) -> dict:
-    return classifiers.prepare(name, image_size, cache_dir=cache_dir, data_dir=data_dir,
-                               verbose=0)
-
-  return prepare
 
 
 @pytest.fixture
