@@ -97,6 +97,7 @@ def _write_idx(directory, split, count, truncate_to=None):
     f.write(gzip.compress(labels))
 
 
+@pytest.mark.e2e
 def test_truncated_gz_file_is_refused_in_one_line_before_anything_is_written(tmp_path):
   idx_dir = tmp_path / "idx"
   idx_dir.mkdir()

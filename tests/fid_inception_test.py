@@ -42,6 +42,7 @@ def state(model):
   return values
 
 
+@pytest.mark.e2e
 def test_the_architecture_is_pytorch_fids(model):
   # torchvision inception_v3 without aux logits, 1008 classes: 23,834,568 + 8 * 2049.
   assert sum(math.prod(v.shape) for v in model.trainable_weights) == 23_850_960
@@ -113,6 +114,7 @@ def test_keras_weights_file_round_trips(state, tmp_path):
   assert first.fingerprint == second.fingerprint
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("weights,message", [
     ("default", r"fid_inception needs eval.weights=PATH"),
     ("/nonexistent/fid.npz", r"is not an existing .npz"),
@@ -123,6 +125,7 @@ def test_bad_weights_are_one_line_errors(weights, message):
   assert "\n" not in str(error.value)
 
 
+@pytest.mark.e2e
 def test_a_state_dict_with_wrong_keys_or_shapes_is_one_line(state):
   broken = dict(state)
   broken.pop("fc.bias")
