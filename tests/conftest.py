@@ -40,6 +40,23 @@ _LOG_LINE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\
                        r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
 
 
+# A Python warning: "path.py:74: UserWarning: ...", followed by its indented source line.
+_WARNING_LINE = re.compile(r"^\S+\.py:\d+: \w*Warning: ")
+
+
+def _program_lines(stderr: str) -> list[str]:
+  """The non-empty lines of `stderr` that are neither log records nor library warnings."""
+  lines, in_warning = [], False
+  for line in stderr.splitlines():
+    if _WARNING_LINE.match(line):
+      in_warning = True
+    elif not (in_warning and line.startswith(" ")):
+      in_warning = False
+      if line.strip() and not _LOG_LINE.match(line):
+        lines.append(line)
+  return lines
+
+
 def binary_command(module: str, *flags: str) -> list[str]:
   """`python -m module flags...` with this interpreter."""
   return [sys.executable, "-m", module, *flags]
@@ -68,13 +85,12 @@ class BinaryResult:
     """Asserts a one-line user error and returns that line.
 
     The binary exited with `returncode`, printed no traceback, and its stderr holds exactly one
-    non-empty line besides log records: "<binary>: error: ..." containing every one of
-    `fragments` (say, what is allowed).
+    non-empty line besides log records and library warnings: "<binary>: error: ..." containing
+    every one of `fragments` (say, what is allowed).
     """
     assert "Traceback" not in self.stderr, self.stderr[-3000:]
     assert self.returncode == returncode, (self.returncode, self.stderr[-3000:])
-    lines = [line for line in self.stderr.splitlines()
-             if line.strip() and not _LOG_LINE.match(line)]
+    lines = _program_lines(self.stderr)
     assert len(lines) == 1, self.stderr[-3000:]
     binary = self.module.rsplit(".", 1)[-1]
     assert lines[0].startswith(f"{binary}: error: "), lines[0]
