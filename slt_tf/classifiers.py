@@ -5,6 +5,10 @@ networks, trained on its training split only:
 
 - `digits_cnn` (loss): conv32/2 - conv64/2 - dense128 (ReLU) - dense10, features = its three
   ReLU activations; seeded by the run's seed (`config.seed`), like every other frozen weight.
+- `digits_cnn_deep` (loss, the digits default): conv32 5x5/1 - conv64/2 - conv64/1 - conv128/2 -
+  dense256 (ReLU) - dense10, features = its five ReLU activations (18,688 values at 16x16): the
+  full-resolution first layer gives the loss the stroke-level statistics the strided
+  `digits_cnn` lacks. Seeded by the run's seed.
 - `digits_eval_cnn` (evaluation): deeper and wider, with batch norm and its own seed: 3
   conv-BN-ReLU (32/2, 64/2, 128/2) - dense256 (ReLU) - dense10, embedding = its 256-d
   penultimate layer.
@@ -84,6 +88,20 @@ def _digits_cnn(image_size: int, seed: int) -> keras.Model:
                          name="dense1")(x)
   logits = keras.layers.Dense(10, kernel_initializer=_init(seed, 4), name="logits")(x)
   return keras.Model(inputs, logits, name="digits_cnn")
+
+
+def _digits_cnn_deep(image_size: int, seed: int) -> keras.Model:
+  inputs = keras.Input([image_size, image_size, 1], name="images")
+  x = inputs
+  for index, (filters, kernel, stride) in enumerate(((32, 5, 1), (64, 3, 2), (64, 3, 1),
+                                                     (128, 3, 2)), start=1):
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", activation="relu",
+                            kernel_initializer=_init(seed, 50 + index), name=f"conv{index}")(x)
+  x = keras.layers.Flatten(name="flatten")(x)
+  x = keras.layers.Dense(256, activation="relu", kernel_initializer=_init(seed, 55),
+                         name="dense1")(x)
+  logits = keras.layers.Dense(10, kernel_initializer=_init(seed, 56), name="logits")(x)
+  return keras.Model(inputs, logits, name="digits_cnn_deep")
 
 
 def _digits_eval_cnn(image_size: int, seed: int) -> keras.Model:
@@ -184,6 +202,9 @@ RECIPES = {
     "digits_cnn": Recipe(
         "digits", _digits_cnn, "c32s2-c64s2-d128", ("conv1", "conv2", "dense1"), seed=None,
         epochs=10, batch_size=64),
+    "digits_cnn_deep": Recipe(
+        "digits", _digits_cnn_deep, "c5x32-c64s2-c64-c128s2-d256",
+        ("conv1", "conv2", "conv3", "conv4", "dense1"), seed=None, epochs=10, batch_size=64),
     "digits_eval_cnn": Recipe(
         "digits", _digits_eval_cnn, "c32s2bn-c64s2bn-c128s2bn-d256", ("embedding", "logits"),
         seed=1234, epochs=10, batch_size=64),

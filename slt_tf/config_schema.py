@@ -51,8 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   # run's workdir or .../ckpt-N: its trained weights (slt_tf/init_checkpoint.py)
 
   config.features = ml_collections.ConfigDict()
-  config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn | fashion_cnn
-  # | fashion_inception
+  config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn | digits_cnn_deep
+  # | fashion_cnn | fashion_inception
   config.features.weights = "default"  # default (imagenet / trained digits net) | none | PATH
   config.features.cache_dir = ""       # "" = ~/.cache/slt_tf
 

@@ -11,8 +11,9 @@ it has one (digits, CIFAR-10/100, CelebA's test partition, MNIST-like sets, SVHN
 the first 10,000 examples of `train` are held out and training uses `train[10000:]` (LSUN: its
 `validation` split has only 300 images per category, too few for FID on 10k images). The held-out
 split is for evaluation only: never compute training statistics on it. Datasets in
-`VALIDATION_EXAMPLES` (Fashion-MNIST: the last 10,000 of `train`) also keep a validation split
-out of training, on which hyperparameters are chosen.
+`VALIDATION_EXAMPLES` (digits: the last 300 of its 1,497 `train` images; Fashion-MNIST: the last
+10,000 of `train`) also keep a validation split out of training statistics, on which
+hyperparameters are chosen.
 
 Preprocessing: CelebA (218x178 aligned faces) is centre-cropped to 140x140 before resizing, a
 common face crop in GAN work on CelebA (others use 108 or 148: `CELEB_A_CROP` is the one place to
@@ -36,7 +37,7 @@ DIGITS = 'digits'
 FASHION_MNIST = fashion_mnist.NAME
 # Datasets that keep the LAST examples of `train` apart as a validation split: hyperparameters
 # are chosen there, training statistics never see them, and `test` gives the reported numbers.
-VALIDATION_EXAMPLES = {FASHION_MNIST: 10_000}
+VALIDATION_EXAMPLES = {DIGITS: 300, FASHION_MNIST: 10_000}
 # Image sizes a dataset may be used at (others: any size the generator takes).
 SUPPORTED_IMAGE_SIZES = {FASHION_MNIST: (16, 32)}
 # Examples held out from `train` (and skipped by training) for datasets without a `test` split.

@@ -11,9 +11,9 @@ and return the activations of several layers, flattened per sample and concatena
   1x1 or 3x3 anyway, so little spatial information is lost.
 - `vgg19`: the paper code's choice: the 16 ReLU conv outputs of VGG19, flattened without pooling
   (303,104 features at 32x32), caffe preprocessing (BGR, 0..255 minus the ImageNet mean).
-- `digits_cnn`, `fashion_cnn`, `fashion_inception`: classifiers of the dataset itself
-  (`slt_tf.classifiers`: trained by an explicit step, `classifiers.prepare`, only loaded here);
-  features are their tapped layers (for digits_cnn its three ReLU activations), flattened.
+- `digits_cnn`, `digits_cnn_deep`, `fashion_cnn`, `fashion_inception`: classifiers of the
+  dataset itself (`slt_tf.classifiers`: trained by an explicit step, `classifiers.prepare`,
+  only loaded here); features are their tapped layers (ReLU activations), flattened.
 
 Evaluation networks (FID / KID / IS / PRDC) return (embedding, logits):
 
@@ -44,7 +44,8 @@ from slt_tf import classifiers
 from slt_tf import errors
 from slt_tf import fid_inception
 
-FEATURE_NETWORKS = ("inception_v3", "vgg19", "digits_cnn", "fashion_cnn", "fashion_inception")
+FEATURE_NETWORKS = (
+    "inception_v3", "vgg19", "digits_cnn", "digits_cnn_deep", "fashion_cnn", "fashion_inception")
 EVAL_NETWORKS = ("inception_v3", "fid_inception", "digits_eval_cnn", "fashion_eval_cnn")
 DEFAULT_CACHE_DIR = classifiers.DEFAULT_CACHE_DIR
 

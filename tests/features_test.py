@@ -187,7 +187,7 @@ def prepared_digits(digits_cache):
   before = _global_state()
   infos = {name: classifiers.prepare(name, _DIGITS_SIZE, seed=0, cache_dir=digits_cache,
                                      verbose=0)
-           for name in ("digits_cnn", "digits_eval_cnn")}
+           for name in ("digits_cnn", "digits_cnn_deep", "digits_eval_cnn")}
   return infos, before, _global_state()
 
 
@@ -232,6 +232,23 @@ def test_digits_cnn_features_are_its_three_relu_activations(trained_digits_cnn):
   values = network(_images(5, 3, _DIGITS_SIZE, 1)).numpy()
   assert values.shape == (3, network.feature_dim) == (3, 3200)
   assert np.all(np.isfinite(values)) and np.all(values >= 0) and np.any(values > 0)
+  _assert_frozen(network)
+
+
+@pytest.mark.e2e
+def test_digits_cnn_deep_features_start_at_full_resolution_and_it_classifies_held_out_digits(
+    digits_cache, prepared_digits, trained_digits_cnn):
+  network = features.build_feature_network("digits_cnn_deep", image_size=_DIGITS_SIZE,
+                                           channels=1, cache_dir=digits_cache, seed=0)
+  assert network.info == prepared_digits[0]["digits_cnn_deep"]
+  assert network.info["test_accuracy"] >= 0.95
+  size = _DIGITS_SIZE
+  assert network.layer_dims == (size * size * 32, (size // 2) ** 2 * 64, (size // 2) ** 2 * 64,
+                                (size // 4) ** 2 * 128, 256)
+  values = network(_images(7, 3, size, 1)).numpy()
+  assert values.shape == (3, sum(network.layer_dims))
+  assert np.all(np.isfinite(values)) and np.all(values >= 0) and np.any(values > 0)
+  assert network.fingerprint != trained_digits_cnn.fingerprint
   _assert_frozen(network)
 
 
