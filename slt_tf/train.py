@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 from absl import logging
 import keras
@@ -302,6 +303,10 @@ def format_summary(summary: dict) -> str:
   else:
     lines.append(f"Dense generator: {workdir}/checkpoints ({summary['dense_fp32_bytes']:,} bytes "
                  "of float32 weights).")
+  if "prepare_seconds" in summary:
+    lines.append(f"Time: {summary['prepare_seconds']:.0f} s preparing the inputs (dataset, feature "
+                 f"networks: cached after the first run), {summary['search_seconds']:.0f} s "
+                 "building and searching.")
   lines += [
       f"Samples: {summary['samples']}",
       "Next:",
@@ -332,15 +337,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with workdir_lock.WorkdirLock(workdir, enabled=chief):
     resume = checkpoints.resume_point(workdir_lib.checkpoint_dir(workdir), resume_from,
                                       total_steps(config), adopt=chief)
+    start = time.perf_counter()
     prepare_inputs(config)
+    prepare_seconds = time.perf_counter() - start
     strategy = strategy or distribution.make_strategy()
-    if distribution.is_chief(strategy):
-      return _train(config, workdir, workdir, strategy, resume)
-    write_dir = tempfile.mkdtemp(prefix="slt_worker_")
+    write_dir = workdir if distribution.is_chief(strategy) else tempfile.mkdtemp(
+        prefix="slt_worker_")
     try:
-      return _train(config, workdir, write_dir, strategy, resume)
+      summary = _train(config, workdir, write_dir, strategy, resume)
     finally:
-      shutil.rmtree(write_dir, ignore_errors=True)
+      if write_dir != workdir:
+        shutil.rmtree(write_dir, ignore_errors=True)
+  summary.update(prepare_seconds=round(prepare_seconds, 1),
+                 search_seconds=round(time.perf_counter() - start - prepare_seconds, 1))
+  return summary
 
 
 def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strategy,

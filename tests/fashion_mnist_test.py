@@ -152,4 +152,5 @@ def test_tiny_search_on_mock_fashion_mnist_runs_end_to_end(mock_tfds, tmp_path):
     summary = train.train_and_evaluate(config, str(tmp_path / "w"))
   assert summary["step"] == 4
   assert os.path.exists(summary["ticket"])
+  assert summary["prepare_seconds"] >= 0 and summary["search_seconds"] > 0
   assert os.path.exists(tmp_path / "w" / "samples" / "final.png")

@@ -142,8 +142,10 @@ def test_each_choice_is_checked_by_the_module_that_defines_it(key, value, owner_
 def test_end_of_run_summary_names_the_ticket_its_size_kept_weights_samples_and_next_commands():
   summary = {"step": 40, "workdir": "runs/w", "ticket": "runs/w/ticket.slt", "ticket_bytes": 2000,
              "num_weights": 10000, "num_kept": 1000, "ticket_sha256": "ab" * 32,
-             "dense_fp32_bytes": 40000, "samples": "runs/w/samples/final.png"}
+             "dense_fp32_bytes": 40000, "samples": "runs/w/samples/final.png",
+             "prepare_seconds": 12.3, "search_seconds": 95.0}
   text = train.format_summary(summary)
+  assert "Time: 12 s preparing the inputs" in text and "95 s building and searching" in text
   assert "Ticket: runs/w/ticket.slt (2,000 bytes, 20x smaller than the 40,000 bytes" in text
   assert "keeping 1,000 of 10,000 weights (10.0%)" in text
   assert f"ticket_sha256 {'ab' * 32}" in text
