@@ -3,9 +3,12 @@
 Command:
   python -m bin.find_ticket --config=configs/digits.py --workdir=runs/digits
 Data: the 1,797 handwritten digits scikit-learn ships (TFDS builder `digits`), 16x16 grey;
-features: a small CNN trained on the digits training split on first use (cached).
-Expected: recognisable digits in runs/digits/samples/final.png; see README for time and
-numbers measured on a 2-core CPU.
+training statistics on the first 1,197 `train` images, the last 300 are the validation split
+on which this recipe was chosen, `test` (300) is held out for reported numbers.
+Features: `digits_cnn_deep`, a digits classifier whose first layer keeps the full 16x16
+resolution, trained by the run's first step (cached in ~/.cache/slt_tf).
+Dense baseline with the same loss and budget: configs/digits_dense.py. The tuning runs, their
+validation FIDs and the measured time: docs/results.md ("Digits").
 """
 
 from slt_tf import config_schema as default
@@ -13,10 +16,16 @@ from slt_tf import config_schema as default
 
 def get_config():
   config = default.get_config()
-  config.num_steps = 1500
+  # Validation FID (300 images; real training images score 7.4): digits_cnn 32.4 -> with
+  # scale_fan and cosine decay 26.0 -> with digits_cnn_deep 21.0 (1500 steps) and 19.9 at
+  # 300 steps, which is also 5x faster; 600 steps 23.5, batch 256 23.0.
+  config.features.name = "digits_cnn_deep"
+  config.generator.scale_fan = True
+  config.num_steps = 300
   config.batch_size = 64
   config.learning_rate = 3e-3
+  config.lr_schedule = "cosine"
   config.loss.ama_learning_rate = 1e-3
-  config.checkpoint_every_steps = 250
-  config.sample_every_steps = 250
+  config.checkpoint_every_steps = 100
+  config.sample_every_steps = 100
   return config
