@@ -229,9 +229,20 @@ def test_num_channels_is_one_for_grey_datasets_and_three_for_colour():
   assert data.num_channels('lsun/bedroom') == 3
 
 
+def test_digits_keeps_its_last_300_training_images_as_a_validation_split(digits_data_dir):
+  def keys(split):
+    return set(_stored_examples(digits_data_dir, split)['index'])
+
+  training, validation = keys(data.training_split('digits')), keys(data.validation_split('digits'))
+  assert (len(training), len(validation)) == (1197, 300)
+  assert not training & validation and not (training | validation) & keys('test')
+  assert data.evaluation_split('digits', 'validation') == data.validation_split('digits')
+
+
 def test_held_out_split_is_test_where_it_exists_and_the_first_10k_training_images_otherwise():
   for name in ('digits', 'cifar10', 'celeb_a'):
     assert data.held_out_split(name) == 'test'
+  for name in ('cifar10', 'celeb_a'):
     assert data.training_split(name) == 'train'
   assert data.held_out_split('lsun/bedroom') == 'train[:10000]'
   assert data.training_split('lsun/bedroom') == 'train[10000:]'
