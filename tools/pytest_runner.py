@@ -18,7 +18,7 @@ _NO_TESTS_COLLECTED = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
 
 def pytest_args(argv: list[str], environ: dict[str, str]) -> list[str]:
   """Returns pytest's arguments for this runner's `argv[1:]` in Bazel's test `environ`."""
-  args = list(argv)
+  args = ["-n", "0"] + list(argv)  # One process per target: Bazel runs the targets in parallel.
   xml_output_file = environ.get("XML_OUTPUT_FILE")
   if xml_output_file:
     args.append(f"--junitxml={xml_output_file}")
