@@ -103,14 +103,15 @@ _DEFAULT_EVAL_NETWORKS = {data.DIGITS: "digits_eval_cnn", data.FASHION_MNIST: "f
 
 def real_reference_metrics(evaluator: Evaluator, images_dataset: tf.data.Dataset,
                            num_samples: int) -> dict[str, Any]:
-  """The metrics of `num_samples` REAL images (e.g. training images) against the evaluator's
-  real set: what a perfect generator reaches with that many samples. Images are quantised to
-  uint8 like generated ones."""
-  quantised = activations.image_batches(images_dataset).map(
-      lambda x: activations.dequantize(images_lib.to_uint8(x)))
+  """The metrics of `num_samples` REAL images (e.g. training images; all of them when there are
+  fewer) against the evaluator's real set: what a perfect generator reaches with that many
+  samples. Images are quantised to uint8 like generated ones."""
+  quantised = activations.image_batches(images_dataset).unbatch().take(num_samples).batch(
+      250).map(lambda x: activations.dequantize(images_lib.to_uint8(x)))
   embeddings, logits = activations.real_activations(
-      quantised, evaluator.eval_network, num_samples=num_samples, cache_dir=None, key_parts={},
+      quantised, evaluator.eval_network, num_samples=None, cache_dir=None, key_parts={},
       progress=False)
+  num_samples = int(len(embeddings))
   result: dict[str, Any] = dict(evaluator.info)
   result.update(metrics_lib.compute_metrics(evaluator.real_embeddings, evaluator.real_logits,
                                             embeddings, logits))

@@ -367,6 +367,18 @@ class EvaluatorTest(tf.test.TestCase):
     with self.assertRaisesRegex(SltError, "num_samples"):
       _evaluator(num_samples=1)
 
+  def test_real_reference_scores_the_first_num_samples_real_images_or_all_when_fewer(self):
+    evaluator = _evaluator()
+    images = activations.dequantize(_uint8_images(12, seed=8))  # Already on the uint8 grid.
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(5)
+    for requested, used in ((11, 11), (50, 12)):
+      result = evaluation.real_reference_metrics(evaluator, dataset, requested)
+      fake_embeddings, fake_logits = evaluator.eval_network(images[:used])
+      expected = metrics.compute_metrics(evaluator.real_embeddings, evaluator.real_logits,
+                                         np.asarray(fake_embeddings), np.asarray(fake_logits))
+      self.assertAllClose(result["fid"], expected["fid"], rtol=1e-5, atol=1e-6)
+      self.assertEqual((result["num_samples"], result["num_real"]), (used, 50))
+
   def test_default_eval_network_is_the_digits_cnn_only_for_digits(self):
     self.assertEqual(evaluation.default_eval_network("digits"), "digits_eval_cnn")
     self.assertEqual(evaluation.default_eval_network("cifar10"), "inception_v3")
