@@ -266,7 +266,8 @@ def load(name: str, image_size: int, cache_dir: str | None,
     name: one of RECIPES.
     image_size: side of its input images.
     cache_dir: where `prepare` wrote it (None: DEFAULT_CACHE_DIR).
-    seed: the run's seed; only recipes without a seed of their own (digits_cnn) use it.
+    seed: the run's seed; only recipes without a seed of their own (the digits loss networks)
+      use it.
   """
   weights_path, info_path = _paths(name, image_size, cache_dir, seed)
   command = _prepare_command(name, image_size, cache_dir, seed)
@@ -308,7 +309,8 @@ def prepare(name: str, image_size: int, *, seed: int = 0, cache_dir: str | None 
   Args:
     name: one of RECIPES.
     image_size: side of its input images.
-    seed: the run's seed; only recipes without a seed of their own (digits_cnn) use it.
+    seed: the run's seed; only recipes without a seed of their own (the digits loss networks)
+      use it.
     cache_dir: where to write it (None: DEFAULT_CACHE_DIR).
     data_dir: TFDS data directory of the dataset.
     verbose: keras' `fit` verbosity.

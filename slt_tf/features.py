@@ -302,7 +302,7 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
       `classifiers.prepare` trained, loaded from the cache), 'imagenet', None (random, seeded;
       for tests), or a weights file (.h5 from keras, or .keras/.weights.h5).
     cache_dir: where `classifiers.prepare` wrote the classifiers (default ~/.cache/slt_tf).
-    seed: the run's seed: random ImageNet-architecture weights, and digits_cnn's weights.
+    seed: the run's seed: random ImageNet-architecture weights, the digits loss networks' weights.
 
   Returns:
     The FeatureNetwork.
