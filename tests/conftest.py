@@ -179,6 +179,18 @@ def tiny_config(shared_dirs: tuple[str, str], **overrides):
   return config
 
 
+@pytest.fixture(scope="session")
+def start_find_ticket(shared_dirs):
+  """`start_find_ticket(workdir, *flags)`: starts bin/find_ticket on configs/test.py with random
+  feature weights and the session's data and cache (a StartedBinary)."""
+  def start(workdir, *flags):
+    return start_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
+                        "--config.features.weights=none",
+                        f"--config.dataset.data_dir={shared_dirs[0]}",
+                        f"--config.features.cache_dir={shared_dirs[1]}", *flags)
+  return start
+
+
 @pytest.fixture(name="tiny_config", scope="session")
 def tiny_config_fixture(shared_dirs):
   """`tiny_config(**overrides)`: configs/test.py, random feature weights, the session's dirs."""

@@ -18,34 +18,23 @@ from slt_tf import workdir as workdir_lib
 pytestmark = pytest.mark.e2e  # Runs of bin/find_ticket, killed and resumed.
 
 
-@pytest.fixture(scope="module")
-def find_ticket(start_binary, shared_dirs):
-  """`find_ticket(workdir, *flags)`: bin/find_ticket on configs/test.py, random digits_cnn."""
-  def start(workdir, *flags):
-    return start_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
-                        "--config.features.weights=none",
-                        f"--config.dataset.data_dir={shared_dirs[0]}",
-                        f"--config.features.cache_dir={shared_dirs[1]}", *flags)
-  return start
-
-
 def read(path):
   with open(path, "rb") as f:
     return f.read()
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(find_ticket, tmp_path_factory):
+def uninterrupted(start_find_ticket, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted") / "w")
-  find_ticket(workdir).finish().check()
+  start_find_ticket(workdir).finish().check()
   return workdir
 
 
-def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(uninterrupted,
-                                                                         find_ticket, tmp_path):
+def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(
+    uninterrupted, start_find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   checkpoints = os.path.join(workdir, "checkpoints")
-  process = find_ticket(workdir)
+  process = start_find_ticket(workdir)
   process.wait_for_file(os.path.join(checkpoints, "ckpt-20.index"))  # Maybe mid-save: fine too.
   process.send_signal(signal.SIGKILL)
   process.finish()
@@ -55,17 +44,17 @@ def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(uninter
     f.write(b"half written")
   with open(os.path.join(checkpoints, "ckpt-35.data-00000-of-00001"), "wb") as f:
     f.write(b"\0" * 7)
-  stderr = find_ticket(workdir).finish().check().stderr
+  stderr = start_find_ticket(workdir).finish().check().stderr
   resumed = re.search(r"Resumed from \S+ckpt-(\d+) at step (\d+)", stderr)
   assert resumed and resumed.group(1) in ("10", "20"), stderr[-3000:]
   assert read(os.path.join(workdir, workdir_lib.TICKET_FILE)) == read(
       os.path.join(uninterrupted, workdir_lib.TICKET_FILE))
 
 
-def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(find_ticket, tmp_path):
+def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(start_find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   checkpoints = os.path.join(workdir, "checkpoints")
-  process = find_ticket(workdir, "--config.num_steps=400")
+  process = start_find_ticket(workdir, "--config.num_steps=400")
   process.wait_for_file(os.path.join(checkpoints, "ckpt-10.index"))
   time.sleep(0.2)
   process.send_signal(signal.SIGTERM)

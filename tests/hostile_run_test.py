@@ -22,18 +22,6 @@ from slt_tf.errors import SltError
 from slt_tf import workdir as workdir_lib
 
 
-
-@pytest.fixture(scope="module")
-def find_ticket(start_binary, shared_dirs):
-  """`find_ticket(workdir, *flags)`: bin/find_ticket on configs/test.py, random digits_cnn."""
-  def start(workdir, *flags):
-    return start_binary("bin.find_ticket", "--config=configs/test.py", f"--workdir={workdir}",
-                        "--config.features.weights=none",
-                        f"--config.dataset.data_dir={shared_dirs[0]}",
-                        f"--config.features.cache_dir={shared_dirs[1]}", *flags)
-  return start
-
-
 def digests(directory):
   return {name: hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest()
           for name in sorted(os.listdir(directory))
@@ -58,7 +46,7 @@ def finished(tiny_config, tmp_path_factory):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["delete_index", "truncate_data"])
-def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished, find_ticket,
+def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished, start_find_ticket,
                                                                         tmp_path, damage):
   # Old code: "Training steps 0..40" and the intact ckpt-20/30 overwritten.
   workdir = str(tmp_path / "w")
@@ -71,7 +59,7 @@ def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished,
     with open(data, "r+b") as f:
       f.truncate(os.path.getsize(data) // 2)
   before = digests(checkpoint_dir)
-  result = find_ticket(workdir).finish()
+  result = start_find_ticket(workdir).finish()
   assert re.fullmatch(r"find_ticket: error: \S+checkpoints: its latest checkpoint ckpt-40 is "
                       r"missing or unreadable; not starting over \(that would overwrite the older "
                       r"checkpoints\): resume from the newest usable one with "
@@ -82,14 +70,14 @@ def test_unusable_latest_checkpoint_stops_naming_the_newest_usable_one(finished,
 
 @pytest.mark.e2e
 def test_resume_from_sets_newer_checkpoints_aside_and_ends_with_the_same_ticket(
-    finished, find_ticket, tmp_path):
+    finished, start_find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   shutil.copytree(finished, workdir)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   os.remove(os.path.join(checkpoint_dir, "ckpt-40.index"))
   os.remove(os.path.join(workdir, workdir_lib.TICKET_FILE))
   kept = read(os.path.join(checkpoint_dir, "ckpt-40.data-00000-of-00001"))
-  stderr = find_ticket(workdir, "--resume_from=ckpt-30").finish().check().stderr
+  stderr = start_find_ticket(workdir, "--resume_from=ckpt-30").finish().check().stderr
   assert "Resumed from" in stderr and "at step 30" in stderr
   aside = [d for d in os.listdir(checkpoint_dir) if d.startswith("superseded-")]
   assert len(aside) == 1
@@ -163,13 +151,13 @@ def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finis
 
 
 @pytest.mark.e2e
-def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(find_ticket, tmp_path):
+def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(start_find_ticket, tmp_path):
   # Old code: the second process trained too; Ctrl-C gave a KeyboardInterrupt traceback.
   workdir = str(tmp_path / "w")
   checkpoint_dir = os.path.join(workdir, "checkpoints")
-  first = find_ticket(workdir, "--config.num_steps=400")
+  first = start_find_ticket(workdir, "--config.num_steps=400")
   first.wait_for_file(os.path.join(checkpoint_dir, "ckpt-10.index"))
-  line = find_ticket(workdir, "--config.num_steps=400").finish().error_line()
+  line = start_find_ticket(workdir, "--config.num_steps=400").finish().error_line()
   assert re.fullmatch(rf"find_ticket: error: workdir \S+ is in use by PID {first.pid} on this "
                       r"host \(lock \S+\.lock\); wait for that run to end or use another "
                       r"--workdir", line)
