@@ -7,6 +7,9 @@ the run's checkpoint step and method: tickets (edge-popup, global, Gem-Miner) up
 only, never a weight; dense and IMP update every kept weight once per optimiser step.
 
   python -m bench.methods_comparison --base_dir=runs/methods --plot=docs/images/results_methods_fid.png
+
+BASE/inside_dense_<keep> (optional) is edge-popup run inside the trained dense generator
+(`generator.init_checkpoint=BASE/dense`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from absl import flags
 
 _BASE_DIR = flags.DEFINE_string("base_dir", "runs/methods", "Directory of the runs.")
 _PLOT = flags.DEFINE_string("plot", "", "Where to write the FID bar plot (PNG); empty: none.")
+_TITLE = flags.DEFINE_string("title", "digits, 300 steps, seed 0", "Title of the plot.")
 
-ROWS = (("dense", "dense (lr 1e-3)"), ("edge_popup", "edge-popup"),
+ROWS = (("dense", "dense"), ("edge_popup", "edge-popup"),
         ("global_edge_popup", "global edge-popup"),
         ("global_edge_popup_u01", "global edge-popup, score_init uniform_01"),
         ("gem_miner", "Gem-Miner"),
-        ("imp", "IMP (rewinding, lr 1e-3)"))
+        ("imp", "IMP (rewinding)"),
+        ("inside_dense", "edge-popup inside the trained dense generator"))
 KEEPS = (0.1, 0.3)
 
 
@@ -62,12 +67,14 @@ def collect(base_dir: str) -> list[dict]:
     for keep in (None,) if method == "dense" else KEEPS:
       name = "dense" if keep is None else f"{method}_{keep:g}"
       workdir = os.path.join(base_dir, name)
+      if method != "dense" and not os.path.isdir(workdir):
+        continue  # A method this comparison did not run.
       row = {"name": name, "label": label, "keep_target": keep, "method": method}
       metrics_path = os.path.join(workdir, "metrics.json")
       if os.path.exists(metrics_path):
         metrics = json.load(open(metrics_path))
         row.update({k: metrics[k] for k in ("fid", "kid", "precision", "recall", "density",
-                                            "coverage", "step")})
+                                            "coverage", "step", "eval_network", "num_samples")})
         row["weight_updates"] = row["step"] if method in ("dense", "imp") else 0
         row["kept"] = _kept(workdir, method)
       row["wall_s"] = times.get(name)
@@ -90,8 +97,6 @@ def markdown(rows: list[dict]) -> str:
         f"| {row['label']} | {keep} | {kept} | {row['fid']:.2f} | {row['kid']:.4f} | "
         f"{row['precision']:.3f} | {row['recall']:.3f} | {row['density']:.3f} | "
         f"{row['coverage']:.3f} | {row['step']} | {row['weight_updates']} | {wall} |")
-  lines.append("| edge-popup inside the trained dense generator | 0.1, 0.3 | not run "
-               "(`generator.init_checkpoint`) |" + " |" * 9)
   return "\n".join(lines)
 
 
@@ -100,7 +105,8 @@ def plot(rows: list[dict], path: str) -> None:
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
   figure, axis = pyplot.subplots(figsize=(8, 4))
-  methods = [(m, l) for m, l in ROWS if m != "dense"]
+  methods = [(m, l) for m, l in ROWS
+             if m != "dense" and any(r["method"] == m for r in rows)]
   width = 0.38
   for offset, keep in zip((-width / 2, width / 2), KEEPS):
     values = [next((r.get("fid", 0.0) for r in rows if r["name"] == f"{m}_{keep:g}"), 0.0)
@@ -115,10 +121,13 @@ def plot(rows: list[dict], path: str) -> None:
   if dense:
     axis.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense {dense:.1f}")
   axis.set_xticks(range(len(methods)), [l.replace(", ", ",\n").replace(" (", "\n(")
-                                         .replace("global ", "global\n") for _, l in methods],
+                                         .replace("global ", "global\n")
+                                         .replace(" inside", "\ninside") for _, l in methods],
                   fontsize=7)
-  axis.set_ylabel("FID (digits_eval_cnn, 2000 samples)")
-  axis.set_title("digits, 300 steps (IMP: 3 rounds, 1140 updates), seed 0", fontsize=9)
+  scored = next((r for r in rows if "fid" in r), {})
+  axis.set_ylabel(f"FID ({scored.get('eval_network', '?')}, {scored.get('num_samples', '?')} "
+                  "samples)")
+  axis.set_title(_TITLE.value, fontsize=9)
   axis.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
