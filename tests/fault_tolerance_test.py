@@ -54,7 +54,7 @@ def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(
 def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(start_find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   checkpoints = os.path.join(workdir, "checkpoints")
-  process = start_find_ticket(workdir, "--config.num_steps=400")
+  process = start_find_ticket(workdir, "--config.num_steps=5000")
   process.wait_for_file(os.path.join(checkpoints, "ckpt-10.index"))
   time.sleep(0.2)
   process.send_signal(signal.SIGTERM)

@@ -155,9 +155,9 @@ def test_second_process_is_refused_and_ctrl_c_saves_the_current_step(start_find_
   # Old code: the second process trained too; Ctrl-C gave a KeyboardInterrupt traceback.
   workdir = str(tmp_path / "w")
   checkpoint_dir = os.path.join(workdir, "checkpoints")
-  first = start_find_ticket(workdir, "--config.num_steps=400")
+  first = start_find_ticket(workdir, "--config.num_steps=5000")
   first.wait_for_file(os.path.join(checkpoint_dir, "ckpt-10.index"))
-  line = start_find_ticket(workdir, "--config.num_steps=400").finish().error_line()
+  line = start_find_ticket(workdir, "--config.num_steps=5000").finish().error_line()
   assert re.fullmatch(rf"find_ticket: error: workdir \S+ is in use by PID {first.pid} on this "
                       r"host \(lock \S+\.lock\); wait for that run to end or use another "
                       r"--workdir", line)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from slt_tf import errors
+from slt_tf import workdir as workdir_lib
 from slt_tf.export import bake
 from slt_tf.export import tflite
 
@@ -25,7 +26,7 @@ def run(short_run, tmp_path_factory):
   root = tmp_path_factory.mktemp("tflite")
   workdir = short_run()
   version_dir = bake.export(export_base=str(root / "export"), workdir=workdir)
-  latent_dim = bake.workdir_spec(workdir).latent_dim
+  latent_dim = workdir_lib.generator_spec(workdir).latent_dim
   z = np.random.default_rng(0).standard_normal((6, latent_dim)).astype(np.float32)
   signature = tf.saved_model.load(version_dir).signatures["serving_default"]
   expected = signature(z=tf.constant(z))["images"].numpy()
