@@ -1,4 +1,4 @@
-"""Sample-quality metrics on activations: FID, KID, Inception score, PRDC.
+"""Sample-quality metrics on activations: FID, KID, Inception score, PRDC, judge confidence.
 
 Pure functions of activation matrices (an evaluation network's embeddings [N, D] and logits
 [N, K], see `slt_tf.activations`), never of images. FID, KID and the Inception score are
@@ -20,7 +20,10 @@ from slt_tf.errors import SltError
 # Rows of a pairwise-distance block are chosen so that one float64 block is about this big.
 _DISTANCE_BLOCK_BYTES = 128 * 2**20
 METRIC_NAMES = ("fid", "kid", "kid_std", "inception_score", "precision", "recall", "density",
-                "coverage")
+                "coverage", "confident_fraction", "confident_classes")
+# A sample the judge classifies with at least this top-class probability counts as "confident":
+# on the dataset classifiers, a stand-in for "a person reads it as one class".
+CONFIDENCE_THRESHOLD = 0.9
 
 
 def _check_features(name: str, features: Any, min_rows: int = 2) -> np.ndarray:
@@ -118,6 +121,26 @@ def inception_score(logits: np.ndarray, num_splits: int = 10) -> float:
   scores = [float(tfgan_compat.classifier_score_from_logits(tf.constant(part, tf.float64)))
             for part in np.array_split(logits, num_splits)]
   return float(np.mean(scores))
+
+
+def judge_confidence(logits: np.ndarray,
+                     threshold: float = CONFIDENCE_THRESHOLD) -> tuple[float, int]:
+  """How many samples the evaluation classifier reads as one class, and how many classes.
+
+  Args:
+    logits: [N, K] classifier logits of generated (or real) images.
+    threshold: the top-class softmax probability from which a sample counts as confident.
+
+  Returns:
+    (the fraction of samples whose top-class probability is >= threshold, the number of
+    distinct top classes among those samples).
+  """
+  logits = _check_features("logits", logits, min_rows=1)
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+  confident = probabilities.max(axis=1) >= threshold
+  classes = np.unique(probabilities[confident].argmax(axis=1))
+  return float(confident.mean()), int(classes.size)
 
 
 def _distance_row_blocks(rows: np.ndarray, columns: np.ndarray, center: np.ndarray,
@@ -227,8 +250,9 @@ def compute_metrics(real_emb: np.ndarray, real_logits: np.ndarray | None,
 
   Returns:
     {"fid", "kid", "kid_std", "inception_score", "precision", "recall", "density",
-    "coverage"}. inception_score is None without logits; kid_std is None when KID used a
-    single block (fewer than 1025 samples).
+    "coverage", "confident_fraction", "confident_classes"}. The last two
+    (`judge_confidence`) and inception_score are None without logits; kid_std is None when
+    KID used a single block (fewer than 1025 samples).
   """
   if (real_logits is not None and fake_logits is not None and
       np.shape(real_logits)[1:] != np.shape(fake_logits)[1:]):
@@ -242,6 +266,8 @@ def compute_metrics(real_emb: np.ndarray, real_logits: np.ndarray | None,
       "inception_score": (None if fake_logits is None else
                           inception_score(fake_logits, inception_splits)),
   }
+  confidence = (None, None) if fake_logits is None else judge_confidence(fake_logits)
+  metrics.update(confident_fraction=confidence[0], confident_classes=confidence[1])
   metrics.update(prdc(real_emb, fake_emb, nearest_k))
   return metrics
 

@@ -18,7 +18,7 @@ from slt_tf import workdir_evaluation
 
 NUM_STEPS = 10
 METRIC_KEYS = ("fid", "kid", "kid_std", "inception_score", "precision", "recall", "density",
-               "coverage")
+               "coverage", "confident_fraction", "confident_classes")
 
 
 @pytest.fixture(scope="module")

@@ -216,6 +216,7 @@ class ComputeMetricsTest(tf.test.TestCase):
     self.assertIsNone(result["kid_std"])  # One KID block below 1025 samples.
     expected = dict(fid=_numpy_fid(real, fake), kid=_numpy_block_kid(real, fake, 1024)[0],
                     inception_score=_numpy_inception_score(fake_logits, 5),
+                    confident_fraction=metrics.judge_confidence(fake_logits)[0],
                     **_numpy_prdc(real, fake, 3))
     for name, value in expected.items():
       self.assertAllClose(result[name], value, rtol=1e-5, atol=1e-8, msg=name)
@@ -225,4 +226,27 @@ class ComputeMetricsTest(tf.test.TestCase):
     result = metrics.compute_metrics(rng.normal(size=(20, 3)), None,
                                      rng.normal(size=(20, 3)), None)
     self.assertIsNone(result["inception_score"])
+    self.assertIsNone(result["confident_fraction"])
     self.assertIsNotNone(result["fid"])
+
+
+class JudgeConfidenceTest(tf.test.TestCase):
+
+  def test_counts_samples_at_or_above_the_threshold_and_their_classes(self):
+    # Softmax rows: [0.97, ...] class 0, [~1, ...] class 2, uniform, class 0 again at 0.95.
+    logits = np.array([[4.0, 0.0, 0.0], [0.0, 0.0, 30.0], [1.0, 1.0, 1.0],
+                       [np.log(0.95 / 0.025), 0.0, 0.0]])
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    expected = probabilities.max(axis=1) >= 0.9
+    fraction, classes = metrics.judge_confidence(logits)
+    self.assertAllClose(fraction, expected.mean())
+    self.assertEqual(fraction, 0.75)
+    self.assertEqual(classes, 2)
+
+  def test_large_logits_do_not_overflow(self):
+    fraction, classes = metrics.judge_confidence(np.array([[1000.0, 0.0], [0.0, 1000.0]]))
+    self.assertEqual((fraction, classes), (1.0, 2))
+
+  def test_threshold_is_inclusive_and_no_confident_sample_means_no_class(self):
+    self.assertEqual(metrics.judge_confidence(np.zeros((3, 4)), threshold=0.25), (1.0, 1))
+    self.assertEqual(metrics.judge_confidence(np.zeros((3, 4))), (0.0, 0))

@@ -27,6 +27,7 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
+  from slt_tf import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from slt_tf import workdir_evaluation  # pylint: disable=g-import-not-at-top
   metrics = workdir_evaluation.evaluate_workdir(
       _WORKDIR.value, num_samples=_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value,
@@ -36,6 +37,9 @@ def main(argv):
                       "coverage") if metrics[name] is not None)
   print(f"step {metrics['step']} ({metrics['eval_network']}, {metrics['num_samples']} generated "
         f"vs {metrics['num_real']} real {metrics['split']}): {values}")
+  if metrics["confident_fraction"] is not None:
+    print(f"judge confidence: {metrics['confident_fraction']:.1%} of samples classified with "
+          f"p >= {metrics_lib.CONFIDENCE_THRESHOLD}, in {metrics['confident_classes']} classes")
   print(f"throughput {metrics['samples_per_second']:.1f} samples/s, peak memory "
         f"{metrics['peak_memory_mb']:.0f} MiB, {metrics['seconds']:.1f} s in total")
 
