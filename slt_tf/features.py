@@ -14,6 +14,8 @@ and return the activations of several layers, flattened per sample and concatena
 - `digits_cnn`, `digits_cnn_deep`, `fashion_cnn`, `fashion_inception`: classifiers of the
   dataset itself (`slt_tf.classifiers`: trained by an explicit step, `classifiers.prepare`,
   only loaded here); features are their tapped layers (ReLU activations), flattened.
+- Several networks, `name1+name2`: the features of each, concatenated in that order (GFMN
+  matches the features of several extractors at once: more and more varied features).
 
 Evaluation networks (FID / KID / IS / PRDC) return (embedding, logits):
 
@@ -48,6 +50,7 @@ FEATURE_NETWORKS = (
     "inception_v3", "vgg19", "digits_cnn", "digits_cnn_deep", "fashion_cnn", "fashion_inception")
 EVAL_NETWORKS = ("inception_v3", "fid_inception", "digits_eval_cnn", "fashion_eval_cnn")
 DEFAULT_CACHE_DIR = classifiers.DEFAULT_CACHE_DIR
+NETWORK_SEPARATOR = "+"  # "digits_cnn_deep+digits_cnn": both networks' features, concatenated
 
 _INCEPTION_FEATURE_LAYERS = tuple(f"mixed{i}" for i in range(11))
 _INCEPTION_MIN_SIZE = 75
@@ -139,6 +142,30 @@ class FeatureNetwork(_FrozenNetwork):
                       for output, dim in zip(outputs, self.layer_dims)], axis=1)
 
 
+class CombinedFeatureNetwork:
+  """Several frozen feature networks as one: their feature vectors, concatenated in order.
+
+  Has FeatureNetwork's attributes: `name` (the parts' names joined by "+"), `feature_dim`,
+  `layer_dims` and `layer_names` (the parts', in order; names prefixed "<part>/"), `info` (per
+  part) and `fingerprint` (sha256 over the parts' fingerprints, in order).
+  """
+
+  def __init__(self, parts: list[FeatureNetwork]):
+    self.parts = list(parts)
+    self.name = NETWORK_SEPARATOR.join(part.name for part in self.parts)
+    self.layer_dims = tuple(dim for part in self.parts for dim in part.layer_dims)
+    self.layer_names = tuple(f"{part.name}/{layer}" for part in self.parts
+                             for layer in part.layer_names)
+    self.feature_dim = sum(part.feature_dim for part in self.parts)
+    self.info = {part.name: part.info for part in self.parts}
+    self.fingerprint = hashlib.sha256(
+        "|".join(part.fingerprint for part in self.parts).encode("utf-8")).hexdigest()
+
+  def __call__(self, images: tf.Tensor) -> tf.Tensor:
+    """float32 [B, H, W, C] in [-1, 1] -> float32 [B, feature_dim]."""
+    return tf.concat([part(images) for part in self.parts], axis=1)
+
+
 class EvalNetwork(_FrozenNetwork):
   """A frozen evaluation network: FID-style embedding and class logits.
 
@@ -179,12 +206,21 @@ def _fingerprint(*, name: str, layer_names: tuple[str, ...], preprocessing: str,
   return digest.hexdigest()
 
 
+def network_names(name: str) -> tuple[str, ...]:
+  """The networks a feature-network name stands for: ("a", "b") for "a+b"."""
+  return tuple(name.split(NETWORK_SEPARATOR))
+
+
 def validate_name(name: str, *, kind: str = "feature") -> None:
-  """SltError naming FEATURE_NETWORKS (kind "feature") or EVAL_NETWORKS (kind "eval") unless
-  `name` is one of them."""
+  """SltError naming FEATURE_NETWORKS (kind "feature", where several distinct ones may be joined
+  by "+") or EVAL_NETWORKS (kind "eval") unless `name` is allowed."""
   allowed = FEATURE_NETWORKS if kind == "feature" else EVAL_NETWORKS
-  if name not in allowed:
-    raise errors.SltError(f"Unknown {kind} network {name!r}; choose one of {', '.join(allowed)}.")
+  names = network_names(name) if kind == "feature" else (name,)
+  joined = (f", or several distinct ones joined by {NETWORK_SEPARATOR!r}"
+            if kind == "feature" else "")
+  if any(part not in allowed for part in names) or len(set(names)) != len(names):
+    raise errors.SltError(
+        f"Unknown {kind} network {name!r}; choose one of {', '.join(allowed)}{joined}.")
 
 
 def _check_arguments(kind: str, name: str, image_size: int, channels: int) -> None:
@@ -291,11 +327,12 @@ def _weights_info(weights: str | None) -> dict[str, Any]:
 
 def build_feature_network(name: str, *, image_size: int, channels: int,
                           weights: str | None = "default", cache_dir: str | None = None,
-                          seed: int = 0) -> FeatureNetwork:
+                          seed: int = 0) -> FeatureNetwork | CombinedFeatureNetwork:
   """Builds the frozen feature network `name` for images [B, image_size, image_size, channels].
 
   Args:
-    name: one of FEATURE_NETWORKS.
+    name: one of FEATURE_NETWORKS, or several distinct ones joined by "+" (each built with
+      these arguments; a CombinedFeatureNetwork).
     image_size: side of the generator's images (the inputs are resized as each network needs).
     channels: channels of the generator's images (1 or 3).
     weights: 'default' ('imagenet' for inception_v3/vgg19; for a dataset classifier the weights
@@ -308,6 +345,10 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
     The FeatureNetwork.
   """
   _check_arguments("feature", name, image_size, channels)
+  if len(network_names(name)) > 1:
+    return CombinedFeatureNetwork([
+        build_feature_network(part, image_size=image_size, channels=channels, weights=weights,
+                              cache_dir=cache_dir, seed=seed) for part in network_names(name)])
   if name == "inception_v3":
     input_size = max(_INCEPTION_MIN_SIZE, image_size)
     base = _imagenet_application(name, keras.applications.InceptionV3, input_size=input_size,

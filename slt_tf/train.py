@@ -181,7 +181,8 @@ def prepare_inputs(config) -> None:
   """The explicit first step, before anything is built: the dataset (offline where possible)
   and the dataset classifiers the loss and the periodic evaluation use (trained once, cached)."""
   data.prepare(config.dataset.name, config.dataset.data_dir or None, config.dataset.source_dir)
-  names = [config.features.name] if config.features.weights == "default" else []
+  names = (list(features.network_names(config.features.name))
+           if config.features.weights == "default" else [])
   if config.eval.every_steps and config.eval.weights == "default":
     names.append(config.eval.network or evaluation.default_eval_network(config.dataset.name))
   for name in names:

@@ -29,7 +29,8 @@ def _assert_frozen(network):
   assert network.model.weights  # ... and it has weights to freeze.
 
 
-@pytest.mark.parametrize("name", ["resnet50", "", "vgg16"])
+@pytest.mark.parametrize("name", ["resnet50", "", "vgg16", "digits_cnn+resnet50",
+                                  "digits_cnn+digits_cnn", "digits_cnn+"])
 def test_unknown_feature_network_name_raises_listing_the_valid_ones(name):
   with pytest.raises(errors.SltError, match="inception_v3, vgg19, digits_cnn"):
     features.build_feature_network(name, image_size=32, channels=3, weights=None)
@@ -128,6 +129,29 @@ def test_features_are_differentiable_with_respect_to_the_generator_images():
   gradient = tape.gradient(total, images).numpy()
   assert gradient.shape == images.shape
   assert np.all(np.isfinite(gradient)) and np.any(gradient != 0)
+
+
+def test_several_networks_give_their_features_concatenated_in_order():
+  build = lambda name: features.build_feature_network(  # pylint: disable=g-long-lambda
+      name, image_size=16, channels=1, weights=None, seed=3)
+  deep, small = build("digits_cnn_deep"), build("digits_cnn")
+  combined = build("digits_cnn_deep+digits_cnn")
+  images = tf.constant(_images(5, 3, 16, 1))
+  expected = np.concatenate([deep(images).numpy(), small(images).numpy()], axis=1)
+  np.testing.assert_array_equal(combined(images).numpy(), expected)
+  assert combined.name == "digits_cnn_deep+digits_cnn"
+  assert combined.feature_dim == deep.feature_dim + small.feature_dim == expected.shape[1]
+  assert combined.layer_dims == deep.layer_dims + small.layer_dims
+  assert combined.layer_names[0] == "digits_cnn_deep/conv1"
+  assert combined.layer_names[-1] == "digits_cnn/dense1"
+  swapped = build("digits_cnn+digits_cnn_deep")
+  assert len({combined.fingerprint, swapped.fingerprint, deep.fingerprint,
+              small.fingerprint}) == 4
+  assert build("digits_cnn_deep+digits_cnn").fingerprint == combined.fingerprint
+  with tf.GradientTape() as tape:
+    tape.watch(images)
+    total = tf.reduce_sum(combined(images))
+  assert np.any(tape.gradient(total, images).numpy() != 0)
 
 
 def test_fingerprint_is_stable_for_the_same_weights_and_changes_with_the_weights():
