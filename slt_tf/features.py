@@ -342,7 +342,7 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
     seed: the run's seed: random ImageNet-architecture weights, the digits loss networks' weights.
 
   Returns:
-    The FeatureNetwork.
+    The FeatureNetwork (a CombinedFeatureNetwork for several names).
   """
   _check_arguments("feature", name, image_size, channels)
   if len(network_names(name)) > 1:
