@@ -136,8 +136,8 @@ def judge_confidence(logits: np.ndarray,
     distinct top classes among those samples).
   """
   logits = _check_features("logits", logits, min_rows=1)
-  shifted = logits - logits.max(axis=1, keepdims=True)
-  probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+  exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probabilities = exponentials / exponentials.sum(axis=1, keepdims=True)
   confident = probabilities.max(axis=1) >= threshold
   classes = np.unique(probabilities[confident].argmax(axis=1))
   return float(confident.mean()), int(classes.size)
