@@ -6,6 +6,10 @@ Architectures (docs/method.md, "Generators"):
   Filters [512, 256, 128, 64] / [1024, 512, 256, 128, 64].
 - `sngan32` / `sngan64`: the same blocks at a constant 256 channels (SNGAN's generator).
 - `dcgan`: dense to 4x4, transposed convolutions (k4, s2) with BN-ReLU, tanh.
+With `native_size` (any architecture), the last pre-activation is averaged down to
+native_size x native_size, then tanh, then resized bilinearly to image_size: the resize the
+data pipeline applies to a dataset stored at that size (`digits`: 8x8), so every image lies
+in the space the real images span (docs/method.md, "Native resolution").
 Batch norm has no learned affine parameters and is synchronised across replicas, so the
 batch statistics are those of the global batch.
 
@@ -49,6 +53,7 @@ class GeneratorSpec:
   scale_fan: bool = False
   mask_bias: bool = False
   seed: int = 0
+  native_size: int = 0  # 0: images made at image_size; else see the module docstring
 
   def to_dict(self) -> dict:
     return {**dataclasses.asdict(self), "filters": list(self.resolved_filters())}
@@ -65,6 +70,15 @@ class GeneratorSpec:
           f"generator {self.name} at image_size {self.image_size} needs {num_blocks + 1} filter "
           f"counts (4x4 start, {num_blocks} upsamplings), got {len(filters)}: {list(filters)}")
     return filters
+
+
+def validate_native_size(spec: GeneratorSpec) -> None:
+  """SltError unless native_size is 0 or a power of two below image_size."""
+  size = spec.native_size
+  if size != 0 and (size < 1 or size >= spec.image_size or spec.image_size % size
+                    or size & (size - 1)):
+    raise errors.SltError(f"generator native_size must be 0 (off) or a power of two below "
+                          f"image_size {spec.image_size}, got {size}")
 
 
 def _num_upsamplings(image_size: int) -> int:
@@ -160,8 +174,16 @@ class Generator(keras.Model):
     self.mask_rule = None if plain else masking.make_rule(spec.method, spec.keep_fraction)
     make = _Layers(spec, self.mask_rule, plain)
     z = keras.Input((spec.latent_dim,), name="z")
+    validate_native_size(spec)
     body = _dcgan_body if spec.name == "dcgan" else _resnet_body
-    images = keras.layers.Activation("tanh", name="tanh")(body(z, spec, make))
+    x = body(z, spec, make)
+    if spec.native_size:
+      x = keras.layers.AveragePooling2D(spec.image_size // spec.native_size,
+                                        name="native_pool")(x)
+    images = keras.layers.Activation("tanh", name="tanh")(x)
+    if spec.native_size:
+      images = keras.layers.Resizing(spec.image_size, spec.image_size, interpolation="bilinear",
+                                     name="native_resize")(images)
     self.body = keras.Model(z, images, name="body")
 
   def call(self, z, training=False):

@@ -234,10 +234,15 @@ _SPEC_FIELDS = {
     "scale_fan": (lambda v: isinstance(v, bool), "true or false"),
     "mask_bias": (lambda v: isinstance(v, bool), "true or false"),
     "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+    "native_size": (lambda v: _is_int(v) and 0 <= v <= MAX_IMAGE_SIZE,
+                    f"an integer in [0, {MAX_IMAGE_SIZE}]"),
 }
+# Fields added after a format was released, with the value that tickets without them meant.
+_SPEC_DEFAULTS = {"native_size": 0}
 
 
 def _spec_from_header(values: dict, source: str) -> generators.GeneratorSpec:
+  values = {**_SPEC_DEFAULTS, **values}
   if set(values) != set(_SPEC_FIELDS):
     raise _bad(source, f"its generator spec must have exactly the fields "
                f"{', '.join(sorted(_SPEC_FIELDS))}; got {', '.join(sorted(map(str, values)))}")
@@ -247,6 +252,7 @@ def _spec_from_header(values: dict, source: str) -> generators.GeneratorSpec:
   try:
     spec = generators.GeneratorSpec.from_dict(values)
     spec.resolved_filters()
+    generators.validate_native_size(spec)
   except errors.SltError as e:
     raise _bad(source, str(e)) from None
   total = sum(math.prod(shape) for key, shape in expected_arrays(spec).items()

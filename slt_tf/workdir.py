@@ -191,7 +191,8 @@ def spec_from_config(config: ml_collections.ConfigDict, channels: int
       name=g.name, image_size=config.dataset.image_size, channels=channels,
       latent_dim=g.latent_dim, filters=tuple(g.filters), method=config.method,
       keep_fraction=config.keep_fraction, weight_init=g.weight_init, score_init=g.score_init,
-      scale_fan=g.scale_fan, mask_bias=g.mask_bias, seed=config.seed)
+      scale_fan=g.scale_fan, mask_bias=g.mask_bias, seed=config.seed,
+      native_size=g.native_size)
 
 
 def write_generator_spec(workdir: str, spec: generators.GeneratorSpec) -> None:

@@ -149,14 +149,16 @@ def test_per_layer_method_keeps_k_in_each_layer_and_global_keeps_k_overall():
   assert max(fractions) - min(fractions) > 0.01  # One threshold, different fractions per layer.
 
 
-@pytest.mark.parametrize("name,method,mask_bias", [
-    ("resnet32", "edge_popup", False), ("resnet32", "global_edge_popup", True),
-    ("dcgan", "edge_popup", True), ("resnet32", "dense", False)])
+@pytest.mark.parametrize("name,method,mask_bias,native_size", [
+    ("resnet32", "edge_popup", False, 0), ("resnet32", "global_edge_popup", True, 0),
+    ("dcgan", "edge_popup", True, 0), ("resnet32", "dense", False, 0),
+    ("dcgan", "edge_popup", False, 8)])
 def test_plain_twin_with_copied_effective_weights_computes_the_same_images(name, method,
-                                                                           mask_bias):
+                                                                           mask_bias,
+                                                                           native_size):
   spec = _spec(name, method=method, mask_bias=mask_bias, keep_fraction=0.3,
                image_size=16 if name == "dcgan" else 8, filters=(8, 6, 4) if name == "dcgan"
-               else (8, 4))
+               else (8, 4), native_size=native_size)
   generator = generators.build(spec)
   plain = generators.build(spec, plain=True)
   assert [l.name for l in plain.body.layers] == [l.name for l in generator.body.layers]
@@ -182,11 +184,60 @@ def test_plain_twin_with_copied_effective_weights_computes_the_same_images(name,
                                generator(z, training=training).numpy(), rtol=0, atol=1e-6)
 
 
+def _bilinear_upsampling_matrix(small: int, large: int) -> np.ndarray:
+  """[large, small] float64: 1-D bilinear resize with half-pixel centres, edges clamped."""
+  matrix = np.zeros((large, small))
+  for i in range(large):
+    x = min(max((i + 0.5) * small / large - 0.5, 0.0), small - 1.0)
+    left = int(np.floor(x))
+    right = min(left + 1, small - 1)
+    matrix[i, left] += 1.0 - (x - left)
+    matrix[i, right] += x - left
+  return matrix
+
+
+@pytest.mark.parametrize("name", ["dcgan", "resnet32"])
+def test_native_size_images_lie_in_the_span_of_bilinearly_resized_native_images(name):
+  # The data pipeline resizes the 8x8 digits to 16x16 bilinearly: real images span a
+  # 64-dimensional space. A generator with native_size=8 must make images in that span only.
+  spec = _spec(name, image_size=16, channels=1, filters=(8, 6, 4), native_size=8)
+  images = generators.build(spec)(_latents(6)).numpy().astype(np.float64)
+  one_d = _bilinear_upsampling_matrix(8, 16)
+  basis = np.kron(one_d, one_d)  # [256, 64]: row-major 8x8 -> 16x16.
+  flat = images.reshape(6, 256).T
+  coefficients, *_ = np.linalg.lstsq(basis, flat, rcond=None)
+  assert np.abs(basis @ coefficients - flat).max() < 1e-5
+  assert images.std() > 0 and images.min() >= -1.0 and images.max() <= 1.0
+  # A generator without native_size makes images outside that span.
+  free = generators.build(dataclasses.replace(spec, native_size=0))(_latents(6)).numpy()
+  free = free.reshape(6, 256).T.astype(np.float64)
+  coefficients, *_ = np.linalg.lstsq(basis, free, rcond=None)
+  assert np.abs(basis @ coefficients - free).max() > 0.1 * free.std()
+
+
+def test_native_size_keeps_the_weights_and_masks_of_the_same_generator():
+  spec = _spec("dcgan", image_size=16, channels=1, filters=(8, 6, 4), keep_fraction=0.3)
+  plain, native = generators.build(spec), generators.build(
+      dataclasses.replace(spec, native_size=8))
+  assert [l.name for l in native.weight_layers()] == [l.name for l in plain.weight_layers()]
+  for a, b in zip(plain.weight_layers(), native.weight_layers()):
+    np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
+    np.testing.assert_array_equal(a.effective_weights()[0].numpy(),
+                                  b.effective_weights()[0].numpy())
+
+
+@pytest.mark.parametrize("native_size", [16, 32, 3, 12, -8])
+def test_bad_native_size_raises_slt_error_naming_what_is_allowed(native_size):
+  with pytest.raises(SltError, match="native_size must be 0 .off. or a power of two below"):
+    generators.build(_spec("dcgan", image_size=16, channels=1, filters=(8, 6, 4),
+                           native_size=native_size))
+
+
 def test_spec_round_trips_through_a_json_compatible_dict():
   spec = _spec("dcgan", filters=(), image_size=16, method="global_edge_popup", seed=9,
-               mask_bias=True, scale_fan=True)
+               mask_bias=True, scale_fan=True, native_size=8)
   values = spec.to_dict()
-  assert values["filters"] == [256, 128, 64]
+  assert values["filters"] == [256, 128, 64] and values["native_size"] == 8
   assert generators.GeneratorSpec.from_dict(values) == generators.GeneratorSpec(
       **{**dataclasses.asdict(spec), "filters": (256, 128, 64)})
 

@@ -202,6 +202,10 @@ def test_export_uses_the_mask_bits_as_they_are(blob, tmp_path):
     (lambda h: h["generator"].update(name="vgg"), r"generator name must be one of"),
     (lambda h: h["generator"].update(method="dense"), r"generator method must be edge_popup"),
     (lambda h: h["generator"].pop("seed"), r"must have exactly the fields"),
+    (lambda h: h["generator"].update(native_size="8"), r"generator native_size must be an "
+     r"integer in \[0, "),
+    (lambda h: h["generator"].update(native_size=12), r"native_size must be 0 \(off\) or a "
+     r"power of two below image_size 8, got 12"),
     (lambda h: h["metadata"].update(step=-1), r"metadata step must be a non-negative integer"),
     (lambda h: h["arrays"][0].update(offset=3), r"is not the next contiguous range"),
     (lambda h: h["arrays"][0].update(key="evil/kernel"), r"'evil/kernel' is not one the "

@@ -41,10 +41,12 @@ def _blob(spec=None, metadata=None):
   return ticket_lib.to_bytes(ticket_lib.from_generator(_trained(spec or _spec()), metadata))
 
 
-@pytest.mark.parametrize("method,mask_bias", [("edge_popup", False), ("edge_popup", True),
-                                              ("global_edge_popup", False)])
-def test_round_trip_through_bytes_preserves_masks_batch_norm_spec_and_metadata(method, mask_bias):
-  generator = _trained(_spec(method, mask_bias))
+@pytest.mark.parametrize("method,mask_bias,native_size", [
+    ("edge_popup", False, 0), ("edge_popup", True, 0), ("global_edge_popup", False, 0),
+    ("edge_popup", False, 4)])
+def test_round_trip_through_bytes_preserves_masks_batch_norm_spec_and_metadata(method, mask_bias,
+                                                                               native_size):
+  generator = _trained(_spec(method, mask_bias, native_size=native_size))
   metadata = {"step": 40, "dataset": "digits", "fid": 12.5, "keep": [0.1, 0.3]}
   ticket = ticket_lib.from_generator(generator, metadata)
   restored = ticket_lib.from_bytes(ticket_lib.to_bytes(ticket))
