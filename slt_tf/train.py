@@ -99,6 +99,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   data.validate_evaluation_split(config.eval.split)
   spec = workdir_lib.spec_from_config(config, channels=1)
   spec.resolved_filters()
+  generators.validate_native_size(spec)
   num_weights = sum(int(np.prod(shape)) for key, shape in ticket_lib.expected_arrays(spec).items()
                     if "/moving_" not in key)
   if num_weights > ticket_lib.MAX_WEIGHTS:

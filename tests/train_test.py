@@ -121,6 +121,16 @@ def test_unknown_key_added_in_a_config_file_is_rejected():
     train.validate_config(config)
 
 
+def test_bad_native_size_is_rejected_before_anything_is_built():
+  config = test_config.get_config()
+  config.generator.native_size = 3
+  with pytest.raises(errors.SltError, match=r"native_size must be 0 \(off\) or a power of two "
+                     r"below image_size \d+, got 3"):
+    train.validate_config(config)
+  config.generator.native_size = config.dataset.image_size // 2
+  train.validate_config(config)
+
+
 @pytest.mark.parametrize("key, value, owner_check", [
     ("method", "magic", masking.validate_method),
     ("generator.name", "stylegan", generators.validate_name),
