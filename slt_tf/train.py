@@ -48,7 +48,8 @@ from slt_tf import workdir_lock
 # under lr_schedule=cosine, whose decay length it sets. All other keys may not change.
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every_steps", "log_every_steps",
                   "sample_every_steps", "num_sample_images", "eval.")
-LATER_KEYS = ("imp.", "gem_miner.")  # Schema keys that older workdirs' config.json lack.
+LATER_KEYS = ("imp.", "gem_miner.", "generator.native_size")  # Schema keys that older
+# workdirs' config.json lack.
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:

@@ -54,6 +54,26 @@ def test_broken_config_json_is_one_line_naming_the_file(tmp_path, content, messa
     assert workdir_lib.read_config(str(tmp_path), required=False) is None
 
 
+def test_a_workdir_written_before_native_size_existed_still_resolves_and_resumes(tmp_path):
+  workdir = str(tmp_path / "w")
+  config = test_config.get_config()
+  train.prepare_workdir(config, workdir)
+  spec = workdir_lib.spec_from_config(config, channels=1)
+  workdir_lib.write_generator_spec(workdir, spec)
+  for name in (workdir_lib.CONFIG_FILE, workdir_lib.GENERATOR_FILE):  # As older slt_tf wrote them.
+    path = os.path.join(workdir, name)
+    with open(path) as f:
+      values = json.load(f)
+    (values["generator"] if name == workdir_lib.CONFIG_FILE else values).pop("native_size")
+    with open(path, "w") as f:
+      json.dump(values, f)
+  assert workdir_lib.generator_spec(workdir) == spec and spec.native_size == 0
+  train.prepare_workdir(config, workdir, write=False)  # Resumes with the default.
+  config.generator.native_size = 4
+  with pytest.raises(errors.SltError, match="generator.native_size: None there, 4 now"):
+    train.prepare_workdir(config, workdir, write=False)
+
+
 def test_latest_checkpoint_is_none_or_the_newest_with_its_step(tmp_path):
   assert workdir_lib.latest_checkpoint(str(tmp_path)) is None
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)),
