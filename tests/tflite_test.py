@@ -69,3 +69,22 @@ def test_binary_writes_the_ticket_as_tflite(run_binary, run):
                       f"--out={out}", "--quantize=dynamic").check()
   assert result.stdout.startswith(f"Wrote {out} (")
   assert np.max(np.abs(tflite.Runner(out)(run["z"]) - run["expected"])) <= 0.05
+
+
+def test_a_native_size_generator_exports_its_resize_to_both_formats(tiny_config, tmp_path):
+  from slt_tf import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "native")
+  config = tiny_config(num_steps=2, checkpoint_every_steps=2, log_every_steps=2,
+                       sample_every_steps=2, **{"generator.native_size": 4})
+  train.train_and_evaluate(config, workdir, strategy=tf.distribute.get_strategy())
+  spec = workdir_lib.generator_spec(workdir)
+  assert spec.native_size == 4
+  generator, _ = workdir_lib.restore_generator(workdir, spec, advice="")
+  z = np.random.default_rng(1).standard_normal((3, spec.latent_dim)).astype(np.float32)
+  expected = generator(z, training=False).numpy()
+  version_dir = bake.export(export_base=str(tmp_path / "export"), workdir=workdir)
+  served = tf.saved_model.load(version_dir).signatures["serving_default"](z=tf.constant(z))
+  np.testing.assert_allclose(served["images"].numpy(), expected, rtol=0, atol=1e-5)
+  path = str(tmp_path / "native.tflite")
+  tflite.export(path, workdir=workdir)
+  np.testing.assert_allclose(tflite.Runner(path)(z), expected, rtol=0, atol=1e-5)
