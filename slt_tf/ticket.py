@@ -238,7 +238,7 @@ _SPEC_FIELDS = {
                     f"an integer in [0, {MAX_IMAGE_SIZE}]"),
 }
 # Fields added after a format was released, with the value that tickets without them meant.
-_SPEC_DEFAULTS = {"native_size": 0}
+_SPEC_DEFAULTS = {"native_size": generators.GeneratorSpec.native_size}
 
 
 def _spec_from_header(values: dict, source: str) -> generators.GeneratorSpec:

@@ -192,7 +192,8 @@ def spec_from_config(config: ml_collections.ConfigDict, channels: int
       latent_dim=g.latent_dim, filters=tuple(g.filters), method=config.method,
       keep_fraction=config.keep_fraction, weight_init=g.weight_init, score_init=g.score_init,
       scale_fan=g.scale_fan, mask_bias=g.mask_bias, seed=config.seed,
-      native_size=g.get("native_size", 0))  # Absent from configs written before it existed.
+      # Absent from configs written before it existed: the spec's default.
+      native_size=g.get("native_size", generators.GeneratorSpec.native_size))
 
 
 def write_generator_spec(workdir: str, spec: generators.GeneratorSpec) -> None:
