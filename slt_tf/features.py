@@ -16,6 +16,9 @@ and return the activations of several layers, flattened per sample and concatena
   only loaded here); features are their tapped layers (ReLU activations), flattened.
 - Several networks, `name1+name2`: the features of each, concatenated in that order (GFMN
   matches the features of several extractors at once: more and more varied features).
+- Copies, `name#K` (K = 1, 2, ...; only for the networks whose weights come from the run's
+  seed, `SEEDED_NETWORKS`): the network built and trained from seed `seed + 1000 K` instead of
+  `seed`, e.g. `digits_cnn+digits_cnn#1`: two independently trained digits_cnn.
 
 Evaluation networks (FID / KID / IS / PRDC) return (embedding, logits):
 
@@ -51,6 +54,12 @@ FEATURE_NETWORKS = (
 EVAL_NETWORKS = ("inception_v3", "fid_inception", "digits_eval_cnn", "fashion_eval_cnn")
 DEFAULT_CACHE_DIR = classifiers.DEFAULT_CACHE_DIR
 NETWORK_SEPARATOR = "+"  # "digits_cnn_deep+digits_cnn": both networks' features, concatenated
+COPY_SEPARATOR = "#"  # "digits_cnn#1": digits_cnn built and trained from seed + COPY_SEED_STRIDE
+COPY_SEED_STRIDE = 1000
+# The feature networks whose weights come from the run's seed (the others: a recipe's own seed
+# or ImageNet), the only ones of which `name#K` copies differ.
+SEEDED_NETWORKS = tuple(name for name in FEATURE_NETWORKS
+                        if name in classifiers.RECIPES and classifiers.RECIPES[name].seed is None)
 
 _INCEPTION_FEATURE_LAYERS = tuple(f"mixed{i}" for i in range(11))
 _INCEPTION_MIN_SIZE = 75
@@ -211,14 +220,32 @@ def network_names(name: str) -> tuple[str, ...]:
   return tuple(name.split(NETWORK_SEPARATOR))
 
 
+def split_copy(part: str) -> tuple[str, int | None]:
+  """("digits_cnn", 1) for "digits_cnn#1" and (part, 0) without a copy number; the copy is None
+  when the text after "#" is not a positive integer (without leading zeros)."""
+  network, separator, copy = part.partition(COPY_SEPARATOR)
+  if not separator:
+    return network, 0
+  return network, (int(copy) if copy.isdigit() and not copy.startswith("0") else None)
+
+
+def copy_seed(seed: int, part: str) -> int:
+  """The seed network `part` (a valid "name" or "name#K") is built and trained with."""
+  return seed + COPY_SEED_STRIDE * split_copy(part)[1]
+
+
 def validate_name(name: str, *, kind: str = "feature") -> None:
   """SltError naming FEATURE_NETWORKS (kind "feature", where several distinct ones may be joined
-  by "+") or EVAL_NETWORKS (kind "eval") unless `name` is allowed."""
+  by "+", and SEEDED_NETWORKS copied as name#K) or EVAL_NETWORKS (kind "eval") unless `name` is
+  allowed."""
   allowed = FEATURE_NETWORKS if kind == "feature" else EVAL_NETWORKS
   names = network_names(name) if kind == "feature" else (name,)
-  joined = (f", or several distinct ones joined by {NETWORK_SEPARATOR!r}"
-            if kind == "feature" else "")
-  if any(part not in allowed for part in names) or len(set(names)) != len(names):
+  joined = (f", or several distinct ones joined by {NETWORK_SEPARATOR!r} "
+            f"({', '.join(SEEDED_NETWORKS)} also as NAME{COPY_SEPARATOR}K, K = 1, 2, ...: "
+            f"a copy trained from seed + {COPY_SEED_STRIDE} K)" if kind == "feature" else "")
+  parts = [split_copy(part) if kind == "feature" else (part, 0) for part in names]
+  if (any(network not in allowed or copy is None or (copy and network not in SEEDED_NETWORKS)
+          for network, copy in parts) or len(set(names)) != len(names)):
     raise errors.SltError(
         f"Unknown {kind} network {name!r}; choose one of {', '.join(allowed)}{joined}.")
 
@@ -332,7 +359,8 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
 
   Args:
     name: one of FEATURE_NETWORKS, or several distinct ones joined by "+" (each built with
-      these arguments; a CombinedFeatureNetwork).
+      these arguments; a CombinedFeatureNetwork); `name#K` is a copy of a SEEDED_NETWORKS
+      network built (and trained by `classifiers.prepare`) from seed `copy_seed(seed, name#K)`.
     image_size: side of the generator's images (the inputs are resized as each network needs).
     channels: channels of the generator's images (1 or 3).
     weights: 'default' ('imagenet' for inception_v3/vgg19; for a dataset classifier the weights
@@ -369,10 +397,16 @@ def build_feature_network(name: str, *, image_size: int, channels: int,
     return FeatureNetwork(name, model, input_size=image_size, input_channels=3,
                           preprocessing="caffe", layer_names=_VGG19_RELU_CONV_LAYERS,
                           info=_weights_info(weights))
-  model, info = _dataset_classifier(name, image_size, weights, cache_dir, seed)
+  network, copy = split_copy(name)
+  if copy and weights not in ("default", None):
+    raise errors.SltError(f"{name}: copies (NAME{COPY_SEPARATOR}K) differ only by their seed; "
+                          "a weights file would give every copy the same weights, so pass "
+                          "weights=default (trained) or none (random).")
+  model, info = _dataset_classifier(network, image_size, weights, cache_dir,
+                                    copy_seed(seed, name))
   return FeatureNetwork(name, model, input_size=image_size, input_channels=1,
-                        preprocessing=_classifier_preprocessing(name),
-                        layer_names=classifiers.RECIPES[name].feature_layers, info=info)
+                        preprocessing=_classifier_preprocessing(network),
+                        layer_names=classifiers.RECIPES[network].feature_layers, info=info)
 
 
 def build_eval_network(name: str, *, image_size: int, channels: int,

@@ -188,8 +188,10 @@ def prepare_inputs(config) -> None:
   if config.eval.every_steps and config.eval.weights == "default":
     names.append(config.eval.network or evaluation.default_eval_network(config.dataset.name))
   for name in names:
-    if name in classifiers.RECIPES:
-      classifiers.prepare(name, config.dataset.image_size, seed=config.seed,
+    network = features.split_copy(name)[0]
+    if network in classifiers.RECIPES:
+      classifiers.prepare(network, config.dataset.image_size,
+                          seed=features.copy_seed(config.seed, name),
                           cache_dir=_cache_dir(config), data_dir=config.dataset.data_dir or None)
 
 

@@ -30,7 +30,9 @@ def _assert_frozen(network):
 
 
 @pytest.mark.parametrize("name", ["resnet50", "", "vgg16", "digits_cnn+resnet50",
-                                  "digits_cnn+digits_cnn", "digits_cnn+"])
+                                  "digits_cnn+digits_cnn", "digits_cnn+", "digits_cnn#0",
+                                  "digits_cnn#01", "digits_cnn#", "digits_cnn#x", "digits_cnn#-1",
+                                  "digits_cnn#1+digits_cnn#1", "inception_v3#1", "fashion_cnn#2"])
 def test_unknown_feature_network_name_raises_listing_the_valid_ones(name):
   with pytest.raises(errors.SltError, match="inception_v3, vgg19, digits_cnn"):
     features.build_feature_network(name, image_size=32, channels=3, weights=None)
@@ -152,6 +154,33 @@ def test_several_networks_give_their_features_concatenated_in_order():
     tape.watch(images)
     total = tf.reduce_sum(combined(images))
   assert np.any(tape.gradient(total, images).numpy() != 0)
+
+
+def test_a_copy_is_the_network_built_from_seed_plus_1000_k_with_its_own_name():
+  build = lambda name, seed: features.build_feature_network(  # pylint: disable=g-long-lambda
+      name, image_size=16, channels=1, weights=None, seed=seed)
+  assert features.SEEDED_NETWORKS == ("digits_cnn", "digits_cnn_deep")
+  combined = build("digits_cnn+digits_cnn#1+digits_cnn#2", 3)
+  images = tf.constant(_images(6, 3, 16, 1))
+  expected = [build("digits_cnn", seed)(images).numpy() for seed in (3, 1003, 2003)]
+  np.testing.assert_array_equal(combined(images).numpy(), np.concatenate(expected, axis=1))
+  assert not np.array_equal(expected[0], expected[1])
+  assert [part.name for part in combined.parts] == ["digits_cnn", "digits_cnn#1", "digits_cnn#2"]
+  assert len(set(combined.layer_names)) == len(combined.layer_names) == 9
+  assert combined.layer_names[3] == "digits_cnn#1/conv1"
+  assert len({part.fingerprint for part in combined.parts}) == 3
+  assert set(combined.info) == {"digits_cnn", "digits_cnn#1", "digits_cnn#2"}
+  assert combined.parts[1].info == {"weights": "random", "seed": 1003}
+
+
+def test_a_copy_refuses_a_weights_file_that_would_make_it_the_same_network(tmp_path):
+  path = tmp_path / "digits_cnn.weights.h5"
+  classifiers.build("digits_cnn", 16, seed=0).save_weights(str(path))
+  assert features.build_feature_network("digits_cnn", image_size=16, channels=1,
+                                        weights=str(path)).feature_dim > 0
+  with pytest.raises(errors.SltError, match="differ only by their seed"):
+    features.build_feature_network("digits_cnn+digits_cnn#1", image_size=16, channels=1,
+                                   weights=str(path))
 
 
 def test_fingerprint_is_stable_for_the_same_weights_and_changes_with_the_weights():

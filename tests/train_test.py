@@ -8,6 +8,7 @@ import pytest
 
 import slt_tf  # pylint: disable=unused-import
 from configs import test as test_config
+from slt_tf import classifiers
 from slt_tf import data
 from slt_tf import errors
 from slt_tf import features
@@ -129,6 +130,20 @@ def test_bad_native_size_is_rejected_before_anything_is_built():
     train.validate_config(config)
   config.generator.native_size = config.dataset.image_size // 2
   train.validate_config(config)
+
+
+def test_copies_of_a_loss_network_are_prepared_from_their_own_seeds(monkeypatch):
+  config = test_config.get_config()
+  config.seed = 4
+  config.features.name = "digits_cnn_deep+digits_cnn+digits_cnn_deep#1+digits_cnn#2"
+  train.validate_config(config)
+  prepared = []
+  monkeypatch.setattr(data, "prepare", lambda *args: None)
+  monkeypatch.setattr(classifiers, "prepare",
+                      lambda name, size, *, seed, **kwargs: prepared.append((name, seed)))
+  train.prepare_inputs(config)
+  assert prepared == [("digits_cnn_deep", 4), ("digits_cnn", 4), ("digits_cnn_deep", 1004),
+                      ("digits_cnn", 2004)]
 
 
 @pytest.mark.parametrize("key, value, owner_check", [
