@@ -54,7 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.features = ml_collections.ConfigDict()
   config.features.name = "digits_cnn"  # inception_v3 | vgg19 | digits_cnn | digits_cnn_deep
-  # | fashion_cnn | fashion_inception, or several joined by "+" (features concatenated)
+  # | fashion_cnn | fashion_inception, or several joined by "+" (features concatenated);
+  # digits_cnn#K / digits_cnn_deep#K (K >= 1): another copy, trained from seed + 1000 K
   config.features.weights = "default"  # default (imagenet / trained digits net) | none | PATH
   config.features.cache_dir = ""       # "" = ~/.cache/slt_tf
 
