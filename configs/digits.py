@@ -30,7 +30,7 @@ def get_config():
   # at 300 steps, 15.4 +- 0.7 at 600 (seeds 0-3; 900 steps, seed 0: 14.7 vs 14.5 at 600).
   config.generator.native_size = 8
   # The 5-minute budget on 2 CPU cores allows about 900 steps. --config.num_steps=2400 (about
-  # 9 minutes of search): validation 11.5 +- 0.8 (seeds 0-2), test 9.72 +- 0.22, 1.93x real
+  # 9 minutes of search): validation 11.5 +- 0.7 (seeds 0-3), test 9.72 +- 0.18, 1.93x real
   # digits (docs/results.md, "Seventh round"); 800 steps: 14.8 at seed 0.
   config.num_steps = 600
   config.batch_size = 64
