@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from slt_tf import initializers
 from slt_tf import masking
+from slt_tf import transposed_conv
 
 _RULES = {"edge_popup": masking.TopK, "global_edge_popup": masking.GlobalTopK,
           "gem_miner": masking.Threshold}
@@ -213,7 +214,8 @@ class ScoredConv2DTranspose(_ScoredConvBase):
     return kernel_shape[2]
 
   def apply_kernel(self, inputs, kernel):
-    return keras.ops.conv_transpose(inputs, kernel, strides=self.strides, padding=self.padding)
+    # TensorFlow's result and gradient, about 2x faster on CPU (slt_tf/transposed_conv.py).
+    return transposed_conv.conv_transpose(inputs, kernel, self.strides, self.padding)
 
   def compute_output_shape(self, input_shape):
     size = lambda n: None if n is None else (

@@ -134,8 +134,9 @@ def test_keep_fraction_one_equals_the_plain_keras_layer_with_the_same_weights(ki
   plain = _plain_twin(kind)
   plain.build(x.shape)
   plain.set_weights([layer.kernel.numpy(), layer.bias.numpy()])
-  # Bit-identical on CPU today (same ops); the tolerance allows other kernels.
-  np.testing.assert_allclose(scored_out, plain(x).numpy(), rtol=1e-6, atol=1e-7)
+  # Float32 rounding only: the scored transposed convolution sums in another order
+  # (slt_tf/transposed_conv.py); the other kinds run the same ops as Keras.
+  np.testing.assert_allclose(scored_out, plain(x).numpy(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
