@@ -9,7 +9,9 @@ Architectures (docs/method.md, "Generators"):
 With `native_size` (any architecture), the last pre-activation is averaged down to
 native_size x native_size, then tanh, then resized bilinearly to image_size: the resize the
 data pipeline applies to a dataset stored at that size (`digits`: 8x8), so every image lies
-in the space the real images span (docs/method.md, "Native resolution").
+in the space the real images span (docs/method.md, "Native resolution"). When `filters` list
+the widths only up to native_size (one count fewer per halving), the layers stop there and
+make native_size images directly: no averaging, and none of the larger layers' cost.
 Batch norm has no learned affine parameters and is synchronised across replicas, so the
 batch statistics are those of the global batch.
 
@@ -65,11 +67,26 @@ class GeneratorSpec:
   def resolved_filters(self) -> tuple[int, ...]:
     num_blocks = _num_upsamplings(self.image_size)
     filters = tuple(self.filters) or DEFAULT_FILTERS[self.name][:num_blocks + 1]
-    if len(filters) != num_blocks + 1:
-      raise errors.SltError(
-          f"generator {self.name} at image_size {self.image_size} needs {num_blocks + 1} filter "
-          f"counts (4x4 start, {num_blocks} upsamplings), got {len(filters)}: {list(filters)}")
-    return filters
+    if len(filters) == num_blocks + 1 or self._stops_at_native_size(filters):
+      return filters
+    native = ""
+    if _is_layer_size(self.native_size):
+      native = (f", or {_num_upsamplings(self.native_size) + 1} to stop at native_size "
+                f"{self.native_size}")
+    raise errors.SltError(
+        f"generator {self.name} at image_size {self.image_size} needs {num_blocks + 1} filter "
+        f"counts (4x4 start, {num_blocks} upsamplings){native}, got {len(filters)}: "
+        f"{list(filters)}")
+
+  def _stops_at_native_size(self, filters: tuple[int, ...]) -> bool:
+    return (0 < self.native_size < self.image_size and _is_layer_size(self.native_size)
+            and len(filters) == _num_upsamplings(self.native_size) + 1)
+
+  def layer_size(self) -> int:
+    """The size of the last layer's output: image_size, or native_size when `filters` stop
+    there (the layers then make native_size images directly, with no averaging)."""
+    return self.native_size if self._stops_at_native_size(self.resolved_filters()) else (
+        self.image_size)
 
 
 def validate_native_size(spec: GeneratorSpec) -> None:
@@ -79,6 +96,11 @@ def validate_native_size(spec: GeneratorSpec) -> None:
                     or size & (size - 1)):
     raise errors.SltError(f"generator native_size must be 0 (off) or a power of two below "
                           f"image_size {spec.image_size}, got {size}")
+
+
+def _is_layer_size(size: int) -> bool:
+  """Whether the layers can reach `size`: 4 * 2^n."""
+  return size >= 4 and size % 4 == 0 and (size // 4) & (size // 4 - 1) == 0
 
 
 def _num_upsamplings(image_size: int) -> int:
@@ -177,7 +199,7 @@ class Generator(keras.Model):
     validate_native_size(spec)
     body = _dcgan_body if spec.name == "dcgan" else _resnet_body
     x = body(z, spec, make)
-    if spec.native_size:
+    if spec.native_size and spec.layer_size() != spec.native_size:
       x = keras.layers.AveragePooling2D(spec.image_size // spec.native_size,
                                         name="native_pool")(x)
     images = keras.layers.Activation("tanh", name="tanh")(x)

@@ -152,13 +152,15 @@ def test_per_layer_method_keeps_k_in_each_layer_and_global_keeps_k_overall():
 @pytest.mark.parametrize("name,method,mask_bias,native_size", [
     ("resnet32", "edge_popup", False, 0), ("resnet32", "global_edge_popup", True, 0),
     ("dcgan", "edge_popup", True, 0), ("resnet32", "dense", False, 0),
-    ("dcgan", "edge_popup", False, 8)])
+    ("dcgan", "edge_popup", False, 8), ("dcgan", "edge_popup", False, "stop at 8")])
 def test_plain_twin_with_copied_effective_weights_computes_the_same_images(name, method,
                                                                            mask_bias,
                                                                            native_size):
+  filters = (8, 6, 4) if name == "dcgan" else (8, 4)
+  if native_size == "stop at 8":  # filters up to 8x8: the layers stop at native_size
+    native_size, filters = 8, (8, 6)
   spec = _spec(name, method=method, mask_bias=mask_bias, keep_fraction=0.3,
-               image_size=16 if name == "dcgan" else 8, filters=(8, 6, 4) if name == "dcgan"
-               else (8, 4), native_size=native_size)
+               image_size=16 if name == "dcgan" else 8, filters=filters, native_size=native_size)
   generator = generators.build(spec)
   plain = generators.build(spec, plain=True)
   assert [l.name for l in plain.body.layers] == [l.name for l in generator.body.layers]
@@ -196,12 +198,18 @@ def _bilinear_upsampling_matrix(small: int, large: int) -> np.ndarray:
   return matrix
 
 
-@pytest.mark.parametrize("name", ["dcgan", "resnet32"])
-def test_native_size_images_lie_in_the_span_of_bilinearly_resized_native_images(name):
+@pytest.mark.parametrize("name,filters", [("dcgan", (8, 6, 4)), ("resnet32", (8, 6, 4)),
+                                          ("dcgan", (8, 6)), ("resnet32", (8, 6))])
+def test_native_size_images_lie_in_the_span_of_bilinearly_resized_native_images(name, filters):
   # The data pipeline resizes the 8x8 digits to 16x16 bilinearly: real images span a
-  # 64-dimensional space. A generator with native_size=8 must make images in that span only.
-  spec = _spec(name, image_size=16, channels=1, filters=(8, 6, 4), native_size=8)
-  images = generators.build(spec)(_latents(6)).numpy().astype(np.float64)
+  # 64-dimensional space. A generator with native_size=8 must make images in that span only,
+  # whether its layers reach 16x16 and average (3 filter counts) or stop at 8x8 (2).
+  spec = _spec(name, image_size=16, channels=1, filters=filters, native_size=8)
+  generator = generators.build(spec)
+  assert spec.layer_size() == (8 if len(filters) == 2 else 16)
+  assert any(l.name == "native_pool" for l in generator.body.layers) == (len(filters) == 3)
+  images = generator(_latents(6)).numpy().astype(np.float64)
+  assert images.shape == (6, 16, 16, 1)
   one_d = _bilinear_upsampling_matrix(8, 16)
   basis = np.kron(one_d, one_d)  # [256, 64]: row-major 8x8 -> 16x16.
   flat = images.reshape(6, 256).T
@@ -209,7 +217,8 @@ def test_native_size_images_lie_in_the_span_of_bilinearly_resized_native_images(
   assert np.abs(basis @ coefficients - flat).max() < 1e-5
   assert images.std() > 0 and images.min() >= -1.0 and images.max() <= 1.0
   # A generator without native_size makes images outside that span.
-  free = generators.build(dataclasses.replace(spec, native_size=0))(_latents(6)).numpy()
+  free = generators.build(dataclasses.replace(spec, native_size=0, filters=(8, 6, 4)))(
+      _latents(6)).numpy()
   free = free.reshape(6, 256).T.astype(np.float64)
   coefficients, *_ = np.linalg.lstsq(basis, free, rcond=None)
   assert np.abs(basis @ coefficients - free).max() > 0.1 * free.std()
@@ -224,6 +233,17 @@ def test_native_size_keeps_the_weights_and_masks_of_the_same_generator():
     np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
     np.testing.assert_array_equal(a.effective_weights()[0].numpy(),
                                   b.effective_weights()[0].numpy())
+
+
+def test_filters_stop_at_native_size_only_with_one_count_per_layer_up_to_it():
+  stop = _spec("dcgan", image_size=32, channels=1, filters=(8, 6), native_size=8)
+  assert stop.layer_size() == 8 and generators.build(stop)(_latents(2)).shape == (2, 32, 32, 1)
+  assert _spec("dcgan", image_size=16, channels=1, filters=(8, 6, 4)).layer_size() == 16
+  with pytest.raises(SltError, match=r"needs 4 filter counts .* or 2 to stop at native_size 8, "
+                                     r"got 3"):
+    _spec("dcgan", image_size=32, channels=1, filters=(8, 6, 4), native_size=8).resolved_filters()
+  with pytest.raises(SltError, match=r"needs 3 filter counts .4x4 start, 2 upsamplings., got 2"):
+    _spec("dcgan", image_size=16, channels=1, filters=(8, 6)).resolved_filters()
 
 
 @pytest.mark.parametrize("native_size", [16, 32, 3, 12, -8])

@@ -43,10 +43,12 @@ def _blob(spec=None, metadata=None):
 
 @pytest.mark.parametrize("method,mask_bias,native_size", [
     ("edge_popup", False, 0), ("edge_popup", True, 0), ("global_edge_popup", False, 0),
-    ("edge_popup", False, 4)])
+    ("edge_popup", False, 4), ("edge_popup", False, "stop at 4")])
 def test_round_trip_through_bytes_preserves_masks_batch_norm_spec_and_metadata(method, mask_bias,
                                                                                native_size):
-  generator = _trained(_spec(method, mask_bias, native_size=native_size))
+  stop = native_size == "stop at 4"  # filters up to 4x4: the layers stop at native_size
+  generator = _trained(_spec(method, mask_bias, native_size=4 if stop else native_size,
+                             **({"filters": (8,)} if stop else {})))
   metadata = {"step": 40, "dataset": "digits", "fid": 12.5, "keep": [0.1, 0.3]}
   ticket = ticket_lib.from_generator(generator, metadata)
   restored = ticket_lib.from_bytes(ticket_lib.to_bytes(ticket))
