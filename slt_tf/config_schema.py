@@ -48,7 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator.scale_fan = False  # kaiming_normal with fan_in scaled by keep_fraction
   config.generator.mask_bias = False
   config.generator.native_size = 0  # 0 = off; N: images averaged to NxN before tanh, then
-  # resized bilinearly to image_size, as the data pipeline resizes a dataset stored at NxN
+  # resized bilinearly to image_size, as the data pipeline resizes a dataset stored at NxN;
+  # with `filters` listed only up to NxN (one count fewer per halving) the layers stop there
   config.generator.init_checkpoint = ""  # "" = frozen weights from the seed; a method=dense
   # run's workdir or .../ckpt-N: its trained weights (slt_tf/init_checkpoint.py)
 

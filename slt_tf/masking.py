@@ -46,25 +46,23 @@ def kth_largest(magnitudes: tf.Tensor, k: int) -> tf.Tensor:
 
   Radix select on the IEEE-754 bits (for non-negative floats their order as int32 is the
   order of the values): three histogram passes over 11 + 10 + 10 bits, each narrowing the
-  prefix of the answer. About 8x faster than `tf.math.top_k` with a large k on CPU.
+  prefix of the answer; after a pass only the entries that share the prefix so far are kept,
+  so the later passes see a small fraction of the vector. About 8x faster than
+  `tf.math.top_k` with a large k on CPU.
   """
   bits = tf.bitcast(magnitudes, tf.int32)  # (N,), sign bit is 0
   prefix = tf.constant(0, tf.int32)
   remaining = tf.constant(k, tf.int32)  # rank of the answer among entries matching prefix
   for shift, width in ((20, 11), (10, 10), (0, 10)):
     num_buckets = 1 << width
-    high = shift + width
-    if high >= 31:
-      match = tf.ones_like(bits, tf.bool)
-    else:
-      match = tf.equal(tf.bitwise.right_shift(bits, high), prefix)
     bucket = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, shift), num_buckets - 1)
-    histogram = tf.math.bincount(tf.where(match, bucket, num_buckets), minlength=num_buckets + 1,
-                                 maxlength=num_buckets + 1)[:num_buckets]
+    histogram = tf.math.bincount(bucket, minlength=num_buckets, maxlength=num_buckets)
     at_or_above = tf.cumsum(histogram, reverse=True)  # entries in bucket >= b
     chosen = tf.reduce_max(tf.where(at_or_above >= remaining, tf.range(num_buckets), -1))
     remaining -= at_or_above[chosen] - histogram[chosen]
     prefix = tf.bitwise.bitwise_or(tf.bitwise.left_shift(prefix, width), chosen)
+    if shift:  # The entries whose bits so far equal the prefix: the answer is among them.
+      bits = tf.boolean_mask(bits, tf.equal(bucket, chosen))
   return tf.bitcast(prefix, tf.float32)
 
 
