@@ -214,7 +214,7 @@ class ScoredConv2DTranspose(_ScoredConvBase):
     return kernel_shape[2]
 
   def apply_kernel(self, inputs, kernel):
-    # TensorFlow's result and gradient, about 2x faster on CPU (slt_tf/transposed_conv.py).
+    # TensorFlow's result and gradient, faster on CPU (slt_tf/transposed_conv.py).
     return transposed_conv.conv_transpose(inputs, kernel, self.strides, self.padding)
 
   def compute_output_shape(self, input_shape):

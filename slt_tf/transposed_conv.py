@@ -1,15 +1,17 @@
 """A faster 2-D transposed convolution for CPU, with the same result and gradient as TensorFlow's.
 
-On CPU, TensorFlow runs `conv2d_transpose` (the op `Conv2DBackpropInput`) about 2.5x slower
-than a matrix product of the same arithmetic (bench/transposed_conv.py). With padding "same"
+On CPU, TensorFlow's forward `conv2d_transpose` (the op `Conv2DBackpropInput`) is slow: for
+the digits generator's first layer (batch 64, 4x4x256 -> 8x8x128) 41 ms against 16 ms for the
+phase form below; forward and backward of both layers together, 0.675x TensorFlow's time
+(`python -m bench.transposed_conv`). With padding "same"
 and a kernel size that is a multiple of the stride, the output splits into stride x stride
 phases: output pixel (s*q + a, s*r + b) is a sum over only (k/s)^2 kernel taps, each applied
 to the input shifted by a fixed offset. Each phase is then one matrix product of the shifted
 inputs, concatenated along channels, with the matching taps; the phases are interleaved.
 
-The backward pass keeps TensorFlow's own ops, which are already fast: the gradient of a
-transposed convolution is a plain convolution (inputs) and `Conv2DBackpropFilter` (kernel),
-exactly as TensorFlow differentiates `conv2d_transpose`.
+The backward pass keeps TensorFlow's own ops, as TensorFlow differentiates `conv2d_transpose`:
+a plain strided convolution for the inputs and `Conv2DBackpropFilter` for the kernel (a kernel
+gradient from the phases' matrix products measured slower).
 """
 
 from __future__ import annotations
