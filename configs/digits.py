@@ -30,10 +30,10 @@ def get_config():
   # at 300 steps, 15.4 +- 0.7 at 600 (seeds 0-3; 900 steps, seed 0: 14.7 vs 14.5 at 600).
   config.generator.native_size = 8
   # The layers stop at 8x8 (widths up to 8x8 only): the 16x16 layers the averaging above threw
-  # away cost a third of the step; 600 steps, seed 0: 13.5 against 14.2 with them.
+  # away cost about a quarter of the step; 600 steps, seed 0: 13.5 against 14.2 with them.
   config.generator.filters = (256, 128)
   # The 5-minute budget on 2 CPU cores: with the layers stopping at 8x8 and the faster
-  # transposed convolution, a step takes about 0.13 s instead of 0.23 s, so 1,600 steps fit
+  # transposed convolution, a step takes about 0.135 s instead of 0.24 s, so 1,600 steps fit
   # (docs/results.md, "Eighth round"). Longer searches kept improving: 600 -> 2,400 steps,
   # validation 13.7 +- 0.6 -> 11.5 +- 0.7 (seeds 0-3, "Seventh round").
   config.num_steps = 1600

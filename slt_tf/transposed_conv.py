@@ -15,6 +15,7 @@ gradient from the phases' matrix products measured slower).
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 
@@ -79,7 +80,6 @@ def conv_transpose(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
   kernel_size = int(kernel.shape[0])
   if not (supported(kernel_size, stride, padding) and kernel.shape[0] == kernel.shape[1]
           and None not in inputs.shape[1:]):
-    import keras  # pylint: disable=g-import-not-at-top
     return keras.ops.conv_transpose(inputs, kernel, strides=stride, padding=padding)
   strides = [1, stride, stride, 1]
 
