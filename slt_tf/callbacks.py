@@ -56,6 +56,41 @@ class StopOnNonFinite(keras.callbacks.Callback):
           f"kept: {self.manager.latest_checkpoint or 'none was written'}")
 
 
+EMA_METHODS = ("edge_popup", "global_edge_popup", "dense")  # Tickets by top-k, or dense.
+
+
+def validate_ema_momentum(momentum, method: str) -> None:
+  """ema_momentum: 0 (off) or a float in (0, 1), for the methods whose variables it averages."""
+  if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (
+      0 <= momentum < 1):
+    raise errors.SltError(f"ema_momentum must be 0 (off) or a number in (0, 1), got {momentum!r}")
+  if momentum and method not in EMA_METHODS:
+    raise errors.SltError(f"ema_momentum is for method {', '.join(EMA_METHODS)}; method "
+                          f"{method} sets its own masks: use ema_momentum=0")
+
+
+class FinalMovingAverage(keras.callbacks.Callback):
+  """With the optimiser's EMA on (config.ema_momentum): after the last step, the trained
+  variables (scores; dense: kernels) take their moving averages, so the last checkpoint, the
+  final samples and the ticket hold them. Placed before the checkpoint and sample callbacks.
+
+  Keras's fit() does the same once training ends; doing it at the last step instead keeps it
+  inside the step the checkpoint saves, also in the multi-worker loop (distribution.run_steps).
+  A run stopped before the last step (preemption, NaN) checkpoints the trained values.
+  """
+
+  def __init__(self, num_steps: int):
+    super().__init__()
+    self.num_steps = num_steps
+
+  def on_train_batch_end(self, batch, logs=None):
+    optimizer = self.model.optimizer
+    if optimizer.use_ema and current_step(self.model) == self.num_steps:
+      optimizer.finalize_variable_values(self.model.generator.trainable_variables)
+      logging.info("Step %d: the trained variables now hold their moving averages "
+                   "(ema_momentum %g).", self.num_steps, optimizer.ema_momentum)
+
+
 class Preempted(errors.SltError):
   """The run received SIGTERM or SIGINT; a checkpoint of the step it stopped at was saved.
 

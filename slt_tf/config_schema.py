@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.beta_1 = 0.5
   config.beta_2 = 0.999
   config.lr_schedule = "constant"    # constant | cosine (decay over the whole run)
+  config.ema_momentum = 0.0          # 0 = off; m in (0, 1): the run ends on the exponential
+  # moving average (momentum m) of the trained variables: scores (dense: kernels), Keras's
+  # optimizer EMA, so the ticket is the top-k of the averaged scores (docs/method.md)
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "digits"     # any TFDS image dataset, or the embedded `digits`

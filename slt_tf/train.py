@@ -45,11 +45,12 @@ from slt_tf import workdir_lock
 
 # Keys that may change when a run is resumed (more steps, other logging): the ticket does not
 # depend on them (resume_test checks it for each). `resumable_keys(config)` drops num_steps
-# under lr_schedule=cosine, whose decay length it sets. All other keys may not change.
+# under lr_schedule=cosine, whose decay length it sets, and under ema_momentum, whose averaged
+# variables replace the trained ones at the last step. All other keys may not change.
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every_steps", "log_every_steps",
                   "sample_every_steps", "num_sample_images", "eval.")
-LATER_KEYS = ("imp.", "gem_miner.", "generator.native_size")  # Schema keys that older
-# workdirs' config.json lack.
+# Schema keys that older workdirs' config.json lack.
+LATER_KEYS = ("imp.", "gem_miner.", "generator.native_size", "ema_momentum")
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -79,6 +80,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   init_checkpoint.validate(config.generator.init_checkpoint, config.method)
   if config.lr_schedule not in ("constant", "cosine"):
     raise errors.SltError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
+  callbacks_lib.validate_ema_momentum(config.ema_momentum, config.method)
   if config.method == "imp":
     imp_schedule(config).check_lr_schedule(config.lr_schedule)
   if config.method == "gem_miner":
@@ -128,8 +130,10 @@ def _check_range(key: str, value, low: int, high: int | None) -> None:
 
 
 def resumable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """RESUMABLE_KEYS, less num_steps under lr_schedule=cosine (the decay length)."""
-  if config.lr_schedule == "cosine" or config.method == "imp":  # imp: num_steps sets its rounds.
+  """RESUMABLE_KEYS, less num_steps under lr_schedule=cosine (the decay length) or
+  ema_momentum (the step the averages replace the trained variables)."""
+  if (config.lr_schedule == "cosine" or config.ema_momentum
+      or config.method == "imp"):  # imp: num_steps sets its rounds.
     return tuple(k for k in RESUMABLE_KEYS if k != "num_steps")
   return RESUMABLE_KEYS
 
@@ -156,12 +160,16 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, write: bool
     differing = sorted(k for k in set(previous) | set(current)
                        if previous.get(k) != current.get(k) and not _resumable(k, keys))
     if differing:
-      cosine = (" (num_steps sets the length of lr_schedule=cosine, so it cannot change on "
-                "resume)" if "num_steps" in differing and "num_steps" not in keys else "")
+      why = ""
+      if "num_steps" in differing and "num_steps" not in keys:
+        why = (" (num_steps sets the length of lr_schedule=cosine" if config.lr_schedule == "cosine"
+               else " (num_steps sets imp's rounds" if config.method == "imp" else
+               " (at step num_steps the moving averages of ema_momentum replace the variables")
+        why += ", so it cannot change on resume)"
       raise errors.SltError(
           f"workdir {workdir} holds a run with a different config ("
           + ", ".join(f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differing)
-          + f"){cosine}; use a new --workdir or the same config")
+          + f"){why}; use a new --workdir or the same config")
   elif tf.io.gfile.exists(workdir_lib.checkpoint_dir(workdir)) and tf.io.gfile.listdir(
       workdir_lib.checkpoint_dir(workdir)):
     raise errors.SltError(f"workdir {workdir} holds checkpoints but no "
@@ -218,7 +226,9 @@ def _optimizer(config) -> keras.optimizers.Optimizer:
   learning_rate = config.learning_rate
   if config.lr_schedule == "cosine":
     learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.num_steps)
-  return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
+  return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
+                               use_ema=config.ema_momentum > 0,
+                               ema_momentum=config.ema_momentum or 0.99)
 
 
 def build_model(config, strategy, channels: int, real_mean, real_variance):
@@ -393,6 +403,7 @@ def _train(config, workdir: str, write_dir: str, strategy: tf.distribute.Strateg
   callbacks = [
       callbacks_lib.StopOnNonFinite(manager),
       *method_callbacks,  # Before the checkpoints: a checkpoint of step N holds their update.
+      callbacks_lib.FinalMovingAverage(num_steps),  # ema_momentum: so do the last step's.
       callbacks_lib.TensorBoardScalars(train_log_dir, config.log_every_steps,
                                        config=json.loads(json.dumps(config.to_dict())),
                                        trial_id=os.path.basename(write_dir.rstrip("/"))),

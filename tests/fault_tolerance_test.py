@@ -51,6 +51,24 @@ def test_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_ticket(
       os.path.join(uninterrupted, workdir_lib.TICKET_FILE))
 
 
+def test_ema_run_killed_mid_way_and_rerun_ends_with_the_bit_identical_averaged_ticket(
+    uninterrupted, start_find_ticket, tmp_path):
+  ema = "--config.ema_momentum=0.9"  # The averages are checkpointed and resumed too.
+  whole = str(tmp_path / "whole")
+  start_find_ticket(whole, ema).finish().check()
+  workdir = str(tmp_path / "w")
+  process = start_find_ticket(workdir, ema)
+  process.wait_for_file(os.path.join(workdir, "checkpoints", "ckpt-20.index"))
+  process.send_signal(signal.SIGKILL)
+  process.finish()
+  stderr = start_find_ticket(workdir, ema).finish().check().stderr
+  assert re.search(r"Resumed from \S+ckpt-(10|20) at step", stderr), stderr[-3000:]
+  assert "now hold their moving averages (ema_momentum 0.9)" in stderr
+  ticket = read(os.path.join(workdir, workdir_lib.TICKET_FILE))
+  assert ticket == read(os.path.join(whole, workdir_lib.TICKET_FILE))
+  assert ticket != read(os.path.join(uninterrupted, workdir_lib.TICKET_FILE))
+
+
 def test_sigterm_saves_a_checkpoint_of_the_step_it_stopped_at(start_find_ticket, tmp_path):
   workdir = str(tmp_path / "w")
   checkpoints = os.path.join(workdir, "checkpoints")

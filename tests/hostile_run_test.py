@@ -127,6 +127,17 @@ def test_num_steps_is_not_resumable_under_cosine(tiny_config, tmp_path):
   assert "num_steps" not in train.resumable_keys(tiny_config(lr_schedule="cosine"))
 
 
+def test_num_steps_is_not_resumable_with_ema_momentum(tiny_config, tmp_path):
+  workdir = str(tmp_path / "w")
+  train.prepare_workdir(tiny_config(ema_momentum=0.9, num_steps=40), workdir)
+  with pytest.raises(SltError, match=r"num_steps: 40 there, 50 now\) \(at step num_steps the "
+                     r"moving averages of ema_momentum replace the variables, so it cannot "
+                     r"change on resume\)"):
+    train.prepare_workdir(tiny_config(ema_momentum=0.9, num_steps=50), workdir, write=False)
+  with pytest.raises(SltError, match=r"ema_momentum: 0.9 there, 0.0 now"):
+    train.prepare_workdir(tiny_config(num_steps=40), workdir, write=False)
+
+
 @pytest.mark.e2e
 def test_resumed_run_equals_uninterrupted_whatever_every_resumable_key_was(finished, tiny_config,
                                                                           tmp_path):

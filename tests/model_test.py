@@ -209,3 +209,59 @@ def test_step_flags_non_finite_updated_variables_exactly_whatever_the_network_do
       tf.reshape(scores, [-1]), [[0]], [float("inf")]).numpy().reshape(scores.shape))
   logs = search.train_step(tf.range(BATCH, 2 * BATCH, dtype=tf.int64))
   assert logs["non_finite"] == 1.0
+
+
+class _Trajectory(keras.callbacks.Callback):
+  """float64 copies of the trained variables after each step (as the callbacks see them)."""
+
+  def __init__(self):
+    super().__init__()
+    self.steps = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.steps.append([v.numpy().astype(np.float64) for v in self.model.trainable_variables])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method, mode", [("edge_popup", "function"), ("dense", "function"),
+                                          ("edge_popup", "mirrored")])
+def test_ema_run_ends_on_the_float64_moving_average_of_its_trajectory(method, mode):
+  from slt_tf import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
+  momentum, num_steps = 0.6, 5
+  strategy = (distribution.logical_cpu_strategy(2) if mode == "mirrored"
+              else tf.distribute.get_strategy())
+  with strategy.scope():  # The optimiser's variables too.
+    optimizer = keras.optimizers.Adam(0.05, beta_1=0.5, use_ema=True, ema_momentum=momentum)
+  search = _search(method, strategy=strategy, optimizer=optimizer)
+  trained, after = _Trajectory(), _Trajectory()  # Before / after the averaging callback.
+  search.fit(_indices(num_steps), epochs=1, verbose=0, shuffle=False,
+             callbacks=[trained, callbacks_lib.FinalMovingAverage(num_steps), after])
+  average = trained.steps[0]  # Keras's rule: the first step starts the average.
+  for step in trained.steps[1:]:
+    average = [momentum * a + (1 - momentum) * v for a, v in zip(average, step)]
+  for variable, expected, at_last_step in zip(search.trainable_variables, average,
+                                              after.steps[-1]):
+    np.testing.assert_allclose(at_last_step, expected, rtol=1e-5, atol=1e-6)  # Checkpointed.
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-6)  # After fit.
+  assert max(np.abs(last - expected).max()  # Not a no-op (biases before BN barely move).
+             for last, expected in zip(trained.steps[-1], average)) > 1e-2
+  # Steps before the last are left as trained: only the last checkpoint holds the averages.
+  for before, trained_step in zip(after.steps[:-1], trained.steps[:-1]):
+    for a, b in zip(before, trained_step):
+      assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("momentum, method, fragments", [
+    (1.0, "edge_popup", ("ema_momentum", "(0, 1)", "1.0")),
+    (-0.1, "dense", ("ema_momentum", "(0, 1)")),
+    ("0.9", "dense", ("ema_momentum", "'0.9'")),
+    (0.9, "imp", ("ema_momentum", "edge_popup", "dense", "imp")),
+    (0.9, "gem_miner", ("ema_momentum", "gem_miner", "ema_momentum=0")),
+])
+def test_bad_ema_momentum_is_one_error_naming_what_is_allowed(momentum, method, fragments):
+  from slt_tf import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
+  from slt_tf import errors  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.SltError) as error:
+    callbacks_lib.validate_ema_momentum(momentum, method)
+  assert all(fragment in str(error.value) for fragment in fragments), str(error.value)
+  callbacks_lib.validate_ema_momentum(0.0, method)
