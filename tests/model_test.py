@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from slt_tf import callbacks as callbacks_lib
 from slt_tf import distribution
+from slt_tf import errors
 from slt_tf import generators
 from slt_tf import model as model_lib
 from slt_tf import sampling
@@ -226,7 +228,6 @@ class _Trajectory(keras.callbacks.Callback):
 @pytest.mark.parametrize("method, mode", [("edge_popup", "function"), ("dense", "function"),
                                           ("edge_popup", "mirrored")])
 def test_ema_run_ends_on_the_float64_moving_average_of_its_trajectory(method, mode):
-  from slt_tf import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
   momentum, num_steps = 0.6, 5
   strategy = (distribution.logical_cpu_strategy(2) if mode == "mirrored"
               else tf.distribute.get_strategy())
@@ -259,8 +260,6 @@ def test_ema_run_ends_on_the_float64_moving_average_of_its_trajectory(method, mo
     (0.9, "gem_miner", ("ema_momentum", "gem_miner", "ema_momentum=0")),
 ])
 def test_bad_ema_momentum_is_one_error_naming_what_is_allowed(momentum, method, fragments):
-  from slt_tf import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
-  from slt_tf import errors  # pylint: disable=g-import-not-at-top
   with pytest.raises(errors.SltError) as error:
     callbacks_lib.validate_ema_momentum(momentum, method)
   assert all(fragment in str(error.value) for fragment in fragments), str(error.value)
