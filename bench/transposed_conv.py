@@ -2,11 +2,12 @@
 
   python -m bench.transposed_conv [--batch_size=64 --rounds=9]
 
-For each transposed convolution of the default digits generator (dcgan, 16x16: 4x4x256 ->
-8x8x128 -> 16x16x64, kernel 4, stride 2), one step computes the output and the gradients of
-a loss with respect to the inputs and the kernel (what the ticket search needs). Every round
-runs both implementations in turn, so machine noise hits both alike; the medians are printed
-with their ratio. Target: at most 0.75, aim 0.6 (these two layers are most of the search step).
+For each transposed convolution of the 16x16 digits generator (dcgan, filters (256, 128, 64):
+4x4x256 -> 8x8x128 -> 16x16x64, kernel 4, stride 2; the default, whose layers stop at 8x8, has
+the first only), one step computes the output and the gradients of a loss with respect to the
+inputs and the kernel (what the ticket search needs). Every round runs both implementations in
+turn, so machine noise hits both alike; the medians are printed with their ratio. Target: at
+most 0.75, aim 0.6.
 """
 
 import statistics

@@ -228,7 +228,7 @@ def _optimizer(config) -> keras.optimizers.Optimizer:
     learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.num_steps)
   return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
                                use_ema=config.ema_momentum > 0,
-                               ema_momentum=config.ema_momentum or 0.99)
+                               ema_momentum=config.ema_momentum)
 
 
 def build_model(config, strategy, channels: int, real_mean, real_variance):

@@ -5,8 +5,9 @@ the digits generator's first layer (batch 64, 4x4x256 -> 8x8x128) 41 ms against 
 phase form below; forward and backward of both layers together, 0.675x TensorFlow's time
 (`python -m bench.transposed_conv`). With padding "same" and a kernel size that is a multiple
 of the stride, the output splits into stride x stride phases: output pixel (s*q + a, s*r + b)
-is a sum over only (k/s)^2 kernel taps, each applied to the input shifted by a fixed offset. Each phase is then one matrix product of the shifted
-inputs, concatenated along channels, with the matching taps; the phases are interleaved.
+is a sum over only (k/s)^2 kernel taps, each applied to the input shifted by a fixed offset.
+Each phase is then one matrix product of the shifted inputs, concatenated along channels, with
+the matching taps; the phases are interleaved.
 
 The backward pass keeps TensorFlow's own ops, as TensorFlow differentiates `conv2d_transpose`:
 a plain strided convolution for the inputs and `Conv2DBackpropFilter` for the kernel (a kernel
