@@ -23,8 +23,10 @@ when shrinking) to `image_size` and mapped from 0..255 to [-1, 1]. Grey images k
 an alpha channel is dropped.
 """
 
+import contextlib
 import difflib
 import functools
+import random
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -179,6 +181,18 @@ def validate_image_size(name: str, image_size: int) -> None:
                    f'got {image_size}.')
 
 
+@contextlib.contextmanager
+def _python_random_kept():
+  """Restores Python's global `random` state afterwards: TFDS names the temporary directory of
+  a dataset it prepares with `random.choice`, which would shift every later draw of a seeded
+  process (keras initialisers draw their seeds from it; slt_tf.classifiers seeds it)."""
+  state = random.getstate()
+  try:
+    yield
+  finally:
+    random.setstate(state)
+
+
 def prepare(name: str, data_dir: str | None = None, source_dir: str = '') -> None:
   """Makes `name` loadable from `data_dir`, offline where it can (an explicit first step).
 
@@ -188,19 +202,22 @@ def prepare(name: str, data_dir: str | None = None, source_dir: str = '') -> Non
   """
   validate_dataset_name(name)
   if _base_and_config(name)[0] == FASHION_MNIST:
-    fashion_mnist.prepare(data_dir, source_dir or fashion_mnist.DEFAULT_IDX_DIR)
+    with _python_random_kept():
+      fashion_mnist.prepare(data_dir, source_dir or fashion_mnist.DEFAULT_IDX_DIR)
   _prepared_builder(name, data_dir)
 
 
 def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """Returns the builder of `name`, preparing `digits` offline; SltError if another is missing."""
   if _base_and_config(name)[0] == FASHION_MNIST:
-    fashion_mnist.prepare(data_dir, fashion_mnist.DEFAULT_IDX_DIR)  # No-op once prepared.
+    with _python_random_kept():
+      fashion_mnist.prepare(data_dir, fashion_mnist.DEFAULT_IDX_DIR)  # No-op once prepared.
   builder = tfds.builder(name, data_dir=data_dir)
   if _base_and_config(name)[0] == DIGITS:
     if not builder.is_prepared():
       try:
-        builder.download_and_prepare()
+        with _python_random_kept():
+          builder.download_and_prepare()
       except OSError:
         # Several workers may prepare the same data_dir at once: TFDS writes into a private
         # temporary directory and renames it, so every rename but the first fails. The data of

@@ -1,5 +1,7 @@
 """Tests of slt_tf.data and the `digits` TFDS builder (offline; other datasets are mocked)."""
 
+import random
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -39,6 +41,17 @@ def test_digits_builder_prepares_offline_with_1497_train_and_300_test_images(dig
   splits = tfds.builder('digits', data_dir=digits_data_dir).info.splits
   assert splits['train'].num_examples == 1497
   assert splits['test'].num_examples == 300
+
+
+def test_preparing_digits_leaves_python_random_as_it_was(tmp_path):
+  # TFDS names its temporary directory with `random.choice`; that shifted the seeded draws of
+  # whatever ran next (features_test's global-state test failed when digits was not prepared).
+  random.seed(123)
+  expected = random.random()
+  random.seed(123)
+  data.prepare('digits', str(tmp_path / 'tfds'))
+  assert tfds.builder('digits', data_dir=str(tmp_path / 'tfds')).is_prepared()
+  assert random.random() == expected
 
 
 def test_digits_train_and_test_are_disjoint_and_cover_all_sklearn_images(digits_data_dir):
