@@ -46,12 +46,16 @@ def test_digits_builder_prepares_offline_with_1497_train_and_300_test_images(dig
 def test_preparing_digits_leaves_python_random_as_it_was(tmp_path):
   # TFDS names its temporary directory with `random.choice`; that shifted the seeded draws of
   # whatever ran next (features_test's global-state test failed when digits was not prepared).
-  random.seed(123)
-  expected = random.random()
-  random.seed(123)
-  data.prepare('digits', str(tmp_path / 'tfds'))
-  assert tfds.builder('digits', data_dir=str(tmp_path / 'tfds')).is_prepared()
-  assert random.random() == expected
+  state = random.getstate()  # Given back, so the test leaves the worker's state as it was.
+  try:
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    data.prepare('digits', str(tmp_path / 'tfds'))
+    assert tfds.builder('digits', data_dir=str(tmp_path / 'tfds')).is_prepared()
+    assert random.random() == expected
+  finally:
+    random.setstate(state)
 
 
 def test_digits_train_and_test_are_disjoint_and_cover_all_sklearn_images(digits_data_dir):
